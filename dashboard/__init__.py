@@ -1,0 +1,1 @@
+"""Every operator surface: the Reflex app, the REST API (api/) and the CLI (cli/)."""

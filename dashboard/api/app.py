@@ -1,0 +1,192 @@
+"""The `/v1` REST API: thin routes over models.queries and jobs.operations."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from dashboard import runtime
+from dashboard.api.auth import require_user
+from dashboard.api.errors import EXCEPTION_HANDLERS, ApiError
+from dashboard.api.schemas import AppIn, EndpointIn, MessageIn
+from jobs.errors import NotFoundError
+from jobs.operations.publish import publish_message
+from jobs.operations.retry import retry_dead_letter
+from jobs.signing import generate_secret
+from models import queries
+from models.deliveries import Attempt, Delivery
+from models.endpoints import Application, Endpoint
+from models.enums import DeadLetterStatus, Role
+
+MAX_PAGE = 200
+T = TypeVar("T", bound=BaseModel)
+
+
+async def _body(request: Request, schema: type[T]) -> T:
+    try:
+        data = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"Request body is not valid JSON: {exc}") from exc
+    return schema.model_validate(data)
+
+
+def _int_param(request: Request, name: str, default: int | None, lo: int = 1,
+               hi: int | None = None) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or int(raw) < lo or (hi is not None and int(raw) > hi):
+        bound = f" and <= {hi}" if hi is not None else ""
+        raise ApiError(422, "validation_error", f"{name}: must be an integer >= {lo}{bound}",
+                       {"fields": [{"field": name, "rule": "int_range"}]})
+    return int(raw)
+
+
+async def _prepare(request: Request, role: Role) -> None:
+    await runtime.ensure_db()
+    request.state.user = await require_user(request, role)
+
+
+async def health(request: Request) -> JSONResponse:
+    checks: dict[str, str] = {}
+    try:
+        await runtime.ensure_db()
+        await Application.all().limit(1)
+        checks["database"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        checks["database"] = f"error: {exc}"
+    try:
+        await (await runtime.get_redis()).ping()
+        checks["redis"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        checks["redis"] = f"error: {exc}"
+    ok = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ok" if ok else "degraded", **checks},
+                        status_code=200 if ok else 503)
+
+
+def _app_json(app: Application) -> dict[str, Any]:
+    return {"id": app.id, "name": app.name, "created_at": app.created_at.isoformat()}
+
+
+def _endpoint_json(e: Endpoint, with_secret: bool = False) -> dict[str, Any]:
+    data = {"id": e.id, "app_id": e.app_id, "url": e.url,  # type: ignore[attr-defined]
+            "description": e.description, "enabled": e.enabled,
+            "disabled_reason": e.disabled_reason, "event_types": e.event_types,
+            "retry_config": e.retry_config, "created_at": e.created_at.isoformat()}
+    if with_secret:
+        data["secret"] = e.secret
+    return data
+
+
+async def create_app(request: Request) -> JSONResponse:
+    await _prepare(request, Role.ADMIN)
+    body = await _body(request, AppIn)
+    if await Application.exists(name=body.name):
+        raise ApiError(409, "conflict", f"name: an application named '{body.name}' exists")
+    return JSONResponse(_app_json(await Application.create(name=body.name)), status_code=201)
+
+
+async def list_apps(request: Request) -> JSONResponse:
+    await _prepare(request, Role.VIEWER)
+    return JSONResponse({"apps": [_app_json(a) for a in await Application.all().order_by("id")]})
+
+
+async def create_endpoint(request: Request) -> JSONResponse:
+    await _prepare(request, Role.ADMIN)
+    body = await _body(request, EndpointIn)
+    if not await Application.exists(id=body.app_id):
+        raise NotFoundError(f"app_id: application {body.app_id} does not exist")
+    endpoint = await Endpoint.create(
+        app_id=body.app_id, url=body.url, description=body.description,
+        event_types=body.event_types, secret=generate_secret(),
+        retry_config=body.retry_config.model_dump() if body.retry_config else None)
+    return JSONResponse(_endpoint_json(endpoint, with_secret=True), status_code=201)
+
+
+async def list_endpoints(request: Request) -> JSONResponse:
+    await _prepare(request, Role.VIEWER)
+    rows = await Endpoint.all().order_by("id")
+    return JSONResponse({"endpoints": [_endpoint_json(e) for e in rows]})
+
+
+async def publish(request: Request) -> JSONResponse:
+    await _prepare(request, Role.OPERATOR)
+    body = await _body(request, MessageIn)
+    result = await publish_message(body.app_id, body.event_type, body.payload,
+                                   body.idempotency_key, redis=await runtime.get_redis())
+    return JSONResponse(result, status_code=200 if result["idempotent_replay"] else 202)
+
+
+async def get_delivery(request: Request) -> JSONResponse:
+    await _prepare(request, Role.VIEWER)
+    delivery = await Delivery.get_or_none(id=request.path_params["id"])
+    if delivery is None:
+        raise NotFoundError(f"delivery {request.path_params['id']} does not exist")
+    attempts = await Attempt.filter(delivery_id=delivery.id).order_by("number")
+    return JSONResponse({
+        "id": delivery.id, "message_id": delivery.message_id,  # type: ignore[attr-defined]
+        "endpoint_id": delivery.endpoint_id, "status": delivery.status.value,  # type: ignore[attr-defined]
+        "attempts_made": delivery.attempts, "retry_of": delivery.retry_of_id,  # type: ignore[attr-defined]
+        "last_error": delivery.last_error, "metadata": delivery.metadata,
+        "created_at": delivery.created_at.isoformat(),
+        "attempts": [{"number": a.number, "started_at": a.started_at.isoformat(),
+                      "duration_ms": a.duration_ms, "status_code": a.status_code,
+                      "outcome": a.outcome, "error": a.error_class,
+                      "response_excerpt": a.response_excerpt} for a in attempts],
+    })
+
+
+async def list_dlq(request: Request) -> JSONResponse:
+    await _prepare(request, Role.VIEWER)
+    limit = _int_param(request, "limit", 50, hi=MAX_PAGE) or 50
+    cursor = _int_param(request, "cursor", None)
+    raw_status = request.query_params.get("status")
+    statuses = None
+    if raw_status:
+        try:
+            statuses = [DeadLetterStatus(s) for s in raw_status.split(",")]
+        except ValueError as exc:
+            allowed = ", ".join(s.value for s in DeadLetterStatus)
+            raise ApiError(422, "validation_error", f"status: must be one of {allowed}",
+                           {"fields": [{"field": "status", "rule": "enum"}]}) from exc
+    entries = await queries.list_dead_letters(statuses, limit=limit + 1, before_id=cursor)
+    next_cursor = entries[limit - 1]["id"] if len(entries) > limit else None
+    return JSONResponse({"entries": entries[:limit], "next_cursor": next_cursor})
+
+
+async def get_dlq_entry(request: Request) -> JSONResponse:
+    await _prepare(request, Role.VIEWER)
+    entry = await queries.get_dead_letter(request.path_params["id"])
+    if entry is None:
+        raise NotFoundError(f"DLQ entry {request.path_params['id']} does not exist")
+    return JSONResponse(entry)
+
+
+async def retry_dlq_entry(request: Request) -> JSONResponse:
+    await _prepare(request, Role.OPERATOR)
+    result = await retry_dead_letter(request.path_params["id"], request.state.user.name,
+                                     redis=await runtime.get_redis())
+    return JSONResponse(result, status_code=202)
+
+
+routes = [
+    Route("/v1/health", health, methods=["GET"]),
+    Route("/v1/apps", create_app, methods=["POST"]),
+    Route("/v1/apps", list_apps, methods=["GET"]),
+    Route("/v1/endpoints", create_endpoint, methods=["POST"]),
+    Route("/v1/endpoints", list_endpoints, methods=["GET"]),
+    Route("/v1/messages", publish, methods=["POST"]),
+    Route("/v1/deliveries/{id:int}", get_delivery, methods=["GET"]),
+    Route("/v1/dlq", list_dlq, methods=["GET"]),
+    Route("/v1/dlq/{id:int}", get_dlq_entry, methods=["GET"]),
+    Route("/v1/dlq/{id:int}/retry", retry_dlq_entry, methods=["POST"]),
+]
+
+api = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]

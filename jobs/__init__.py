@@ -1,0 +1,1 @@
+"""The arq side: worker settings, delivery, retry policy, signing, cron, heartbeats, operations."""

@@ -1,0 +1,37 @@
+"""Queue names and the one place deliveries are handed to arq."""
+
+from __future__ import annotations
+
+from arq.connections import ArqRedis, RedisSettings, create_pool
+
+from models.config import get_settings
+
+
+def queue_name() -> str:
+    """The arq queue for deliveries, namespaced so test runs and instances never mix."""
+    return f"{get_settings().namespace}:queue"
+
+
+def redis_settings(url: str | None = None) -> RedisSettings:
+    url = url or get_settings().redis_url
+    if not url:
+        raise RuntimeError("REDIS_URL is not set: start Observatory with `observatory up`, "
+                           "or export REDIS_URL=redis://host:port/db")
+    return RedisSettings.from_dsn(url)
+
+
+async def connect(url: str | None = None) -> ArqRedis:
+    """An arq Redis pool on REDIS_URL."""
+    return await create_pool(redis_settings(url), default_queue_name=queue_name())
+
+
+async def enqueue_delivery(redis: ArqRedis, delivery_id: int, attempt: int = 1,
+                           defer_s: float | None = None) -> None:
+    """Enqueue try `attempt` of a delivery as its own job, id `{delivery_id}:{attempt}`.
+
+    A duplicate enqueue of the same try is a no-op in arq (same job id).
+    """
+    await redis.enqueue_job(
+        "deliver", delivery_id, _job_id=f"{delivery_id}:{attempt}", _queue_name=queue_name(),
+        _defer_by=defer_s if defer_s else None,
+    )

@@ -1,0 +1,63 @@
+"""arq worker settings: `arq jobs.worker.WorkerSettings`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from arq.connections import RedisSettings
+
+from jobs.cron import arq_cron_jobs, register_cron_jobs
+from jobs.deliver import ATTEMPT_DEADLINE_S, deliver
+from jobs.heartbeats import beat, heartbeat_loop, worker_id
+from jobs.http import make_client
+from jobs.queue import queue_name as _queue_name
+from jobs.queue import redis_settings
+from models.config import get_settings
+from models.db import close_db, init_db
+from models.enums import AgentStatus
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    await init_db()
+    ctx["http"] = make_client()
+    ctx["agent_id"] = worker_id()
+    await register_cron_jobs()
+    await beat(ctx["agent_id"], ctx["redis"])
+    ctx["heartbeat"] = asyncio.create_task(heartbeat_loop(ctx["agent_id"], ctx["redis"]))
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    if task := ctx.get("heartbeat"):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if agent_id := ctx.get("agent_id"):
+        with contextlib.suppress(Exception):
+            await beat(agent_id, ctx["redis"], status=AgentStatus.STOPPED)
+    if client := ctx.get("http"):
+        await client.aclose()
+    await close_db()
+
+
+def _redis_settings() -> RedisSettings:
+    return redis_settings() if get_settings().redis_url else RedisSettings()
+
+
+class WorkerSettings:
+    functions = [deliver]
+    cron_jobs = arq_cron_jobs()
+    on_startup = startup
+    on_shutdown = shutdown
+    queue_name = _queue_name()
+    redis_settings = _redis_settings()
+    max_jobs = 64
+    job_timeout = int(ATTEMPT_DEADLINE_S) + 30  # each attempt has its own shorter deadline
+    max_tries = 1  # retries are our own jobs (`{delivery_id}:{attempt}`), never arq's
+    keep_result = 60
+    poll_delay = 0.05
+    health_check_key = f"{_queue_name()}:health-check"

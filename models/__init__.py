@@ -1,0 +1,1 @@
+"""The data: tortoise models (one module per aggregate), queries and database set-up."""

@@ -1,0 +1,67 @@
+"""Users, password hashing (scrypt) and API tokens (stored as sha256)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import UTC, datetime
+
+from models.enums import Role
+from models.users import ApiToken, User
+
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
+    return f"scrypt${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        _, salt_hex, digest_hex = stored.split("$")
+    except ValueError:
+        return False
+    digest = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt_hex), dklen=32, **_SCRYPT)
+    return hmac.compare_digest(digest.hex(), digest_hex)
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def issue_token(user: User, name: str = "default") -> str:
+    """Create an API token for `user`; the plain token is returned once and never stored."""
+    token = "obs_" + secrets.token_urlsafe(32)
+    await ApiToken.create(user=user, token_hash=_token_hash(token), prefix=token[:12], name=name)
+    return token
+
+
+async def create_user(name: str, role: Role | str, password: str | None = None) -> tuple[User, str, str]:
+    """Create a user with a password and one API token.
+
+    Returns:
+        (user, password, token): the plain password and token, shown to the operator once.
+    """
+    password = password or secrets.token_urlsafe(12)
+    user = await User.create(name=name, role=Role(role), password_hash=hash_password(password))
+    token = await issue_token(user)
+    return user, password, token
+
+
+async def user_for_token(token: str) -> User | None:
+    """The user owning `token`, or None."""
+    row = await ApiToken.get_or_none(token_hash=_token_hash(token)).select_related("user")
+    if row is None:
+        return None
+    await ApiToken.filter(id=row.id).update(last_used_at=datetime.now(UTC))
+    return row.user
+
+
+async def authenticate(name: str, password: str) -> User | None:
+    user = await User.get_or_none(name=name)
+    if user is None or not verify_password(password, user.password_hash):
+        return None
+    return user

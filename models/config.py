@@ -1,0 +1,51 @@
+"""Settings read from the environment, shared by every process (see README's table)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, "").strip() or default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Observatory's configuration; every field comes from one environment variable."""
+
+    data_dir: Path = field(default_factory=lambda: Path(_env("OBSERVATORY_DATA_DIR", ".observatory")))
+    database_url: str = field(default_factory=lambda: _env("DATABASE_URL"))
+    redis_url: str = field(default_factory=lambda: _env("REDIS_URL"))
+    # comma-separated CIDRs exempt from the SSRF guard
+    destination_allowlist: str = field(
+        default_factory=lambda: _env("OBSERVATORY_DESTINATION_ALLOWLIST")
+    )
+    # prefix of Redis keys and pub/sub channels (channels are not scoped by DB number)
+    namespace: str = field(default_factory=lambda: _env("OBSERVATORY_NAMESPACE", "observatory"))
+
+    @property
+    def resolved_database_url(self) -> str:
+        """`DATABASE_URL`, or a SQLite file in the data directory."""
+        if self.database_url:
+            return normalise_database_url(self.database_url)
+        return f"sqlite://{self.data_dir.resolve() / 'observatory.db'}"
+
+    @property
+    def events_channel(self) -> str:
+        return f"{self.namespace}:events"
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept `postgresql://` as well as tortoise's `postgres://`; give SQLite a busy timeout."""
+    if url.startswith("postgresql://"):
+        url = "postgres://" + url[len("postgresql://") :]
+    if url.startswith("sqlite://") and "busy_timeout" not in url:
+        url += ("&" if "?" in url else "?") + "busy_timeout=10000"
+    return url
+
+
+def get_settings() -> Settings:
+    """Fresh settings from the current environment (cheap; not cached so tests can change env)."""
+    return Settings()

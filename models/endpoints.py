@@ -1,0 +1,38 @@
+"""Applications (producers/tenants) and the endpoints that subscribe to their events."""
+
+from __future__ import annotations
+
+from tortoise import fields
+from tortoise.models import Model
+
+
+class Application(Model):
+    id = fields.IntField(primary_key=True)
+    name = fields.CharField(max_length=200, unique=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    endpoints: fields.ReverseRelation[Endpoint]
+
+    class Meta:
+        table = "application"
+
+
+class Endpoint(Model):
+    id = fields.IntField(primary_key=True)
+    app: fields.ForeignKeyRelation[Application] = fields.ForeignKeyField(
+        "models.Application", related_name="endpoints", on_delete=fields.CASCADE
+    )
+    url = fields.CharField(max_length=2048)
+    description = fields.CharField(max_length=500, default="")
+    secret = fields.CharField(max_length=200)  # `whsec_<base64>`; never put in job args
+    enabled = fields.BooleanField(default=True)
+    disabled_reason = fields.CharField(max_length=200, null=True)
+    # per-endpoint retry policy (see jobs.policy.RetryPolicy); null = the default policy
+    retry_config = fields.JSONField(null=True)
+    # event types this endpoint receives; null = every event type
+    event_types = fields.JSONField(null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "endpoint"

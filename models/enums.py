@@ -1,0 +1,54 @@
+"""Status enums shared by the models, the jobs and every surface."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class DeliveryStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class DeadLetterStatus(StrEnum):
+    ACTIVE = "active"
+    RETRYING = "retrying"
+    RESOLVED = "resolved"
+    ARCHIVED = "archived"
+
+
+class CronRunStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class AgentStatus(StrEnum):
+    ALIVE = "alive"
+    STOPPED = "stopped"
+
+
+class BulkKind(StrEnum):
+    RETRY = "retry"
+    RESYNC = "resync"
+    ARCHIVE = "archive"
+    DELETE = "delete"
+
+
+class BulkState(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    VIEWER = "viewer"

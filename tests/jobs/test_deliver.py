@@ -1,0 +1,122 @@
+"""Publish → worker → receiver, against real Redis, the real database and a real HTTP server."""
+
+from __future__ import annotations
+
+import json
+
+from standardwebhooks.webhooks import Webhook
+
+from jobs.operations.publish import publish_message
+from models.dead_letters import DeadLetter
+from models.deliveries import Attempt, Delivery
+from models.enums import DeadLetterStatus, DeliveryStatus
+from tests.factories import make_endpoint
+from tests.receiver import Reply
+
+
+async def test_publish_delivers_signed_request_that_verifies(db, redis, receiver, run_worker):
+    endpoint = await make_endpoint(receiver.url("/ok"))
+    result = await publish_message(endpoint.app_id, "order.created", {"order": 7}, redis=redis)
+    await run_worker()
+
+    delivery = await Delivery.get(id=result["deliveries"][0]["id"])
+    assert delivery.status == DeliveryStatus.SUCCEEDED
+    assert delivery.attempts == 1
+    [hit] = receiver.hits("/ok")
+    assert hit.headers["webhook-id"] == f"msg_{result['id']}"
+    verified = Webhook(endpoint.secret).verify(hit.body, hit.headers)
+    assert verified["data"] == {"order": 7} and verified["type"] == "order.created"
+    [attempt] = await Attempt.filter(delivery_id=delivery.id)
+    assert (attempt.number, attempt.status_code, attempt.outcome) == (1, 200, "success")
+
+
+async def test_failing_receiver_lands_in_dlq_after_policy_attempts(db, redis, receiver, run_worker):
+    receiver.script("/fail", Reply(500, "boom"))
+    endpoint = await make_endpoint(receiver.url("/fail"))  # 2 retries, 1 s apart
+    result = await publish_message(endpoint.app_id, "invoice.paid", {"n": 1}, redis=redis)
+    await run_worker()
+
+    delivery = await Delivery.get(id=result["deliveries"][0]["id"])
+    assert delivery.status == DeliveryStatus.FAILED
+    assert delivery.attempts == 3
+    assert len(receiver.hits("/fail")) == 3
+    ids = {h.headers["webhook-id"] for h in receiver.hits("/fail")}
+    assert ids == {f"msg_{result['id']}"}  # stable across retries
+    entry = await DeadLetter.get(delivery_id=delivery.id)
+    assert entry.status == DeadLetterStatus.ACTIVE
+    assert entry.failure_reason == "max_attempts_exceeded"
+    assert [h["attempt"] for h in entry.error_history] == [1, 2, 3]
+    assert {h["status_code"] for h in entry.error_history} == {500}
+    assert entry.policy["max_retries"] == 2
+
+
+async def test_non_retryable_status_goes_straight_to_dlq(db, redis, receiver, run_worker):
+    receiver.script("/bad", Reply(400, "nope"))
+    endpoint = await make_endpoint(receiver.url("/bad"))
+    result = await publish_message(endpoint.app_id, "x", {}, redis=redis)
+    await run_worker()
+
+    assert len(receiver.hits("/bad")) == 1
+    entry = await DeadLetter.get(delivery_id=result["deliveries"][0]["id"])
+    assert entry.failure_reason == "non_retryable_status"
+    assert entry.attempts == 1
+
+
+async def test_retryable_then_success_needs_no_dlq(db, redis, receiver, run_worker):
+    receiver.script("/flaky", Reply(503), Reply(200))
+    endpoint = await make_endpoint(receiver.url("/flaky"))
+    result = await publish_message(endpoint.app_id, "x", {}, redis=redis)
+    await run_worker()
+
+    delivery = await Delivery.get(id=result["deliveries"][0]["id"])
+    assert (delivery.status, delivery.attempts) == (DeliveryStatus.SUCCEEDED, 2)
+    assert not await DeadLetter.exists()
+
+
+async def test_connection_refused_is_retried_then_dead_lettered(db, redis, run_worker):
+    from jobs.embedded_redis import free_port
+
+    endpoint = await make_endpoint(f"http://127.0.0.1:{free_port()}/nobody")
+    result = await publish_message(endpoint.app_id, "x", {}, redis=redis)
+    await run_worker()
+
+    entry = await DeadLetter.get(delivery_id=result["deliveries"][0]["id"])
+    assert entry.failure_reason == "max_attempts_exceeded"
+    assert {h["error"] for h in entry.error_history} == {"connection_error"}
+
+
+async def test_state_changes_are_published_on_redis(db, redis, receiver, run_worker):
+    from models.config import get_settings
+
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(get_settings().events_channel)
+    endpoint = await make_endpoint(receiver.url("/ok"))
+    await publish_message(endpoint.app_id, "x", {}, redis=redis)
+    await run_worker()
+    seen = []
+    while (msg := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)) or len(seen) < 3:
+        if msg:
+            seen.append(json.loads(msg["data"])["status"])
+        elif len(seen) >= 3:
+            break
+    await pubsub.aclose()
+    assert seen[:3] == ["queued", "running", "succeeded"]
+
+
+async def test_duplicate_job_for_one_delivery_delivers_once(db, redis, receiver, run_worker):
+    endpoint = await make_endpoint(receiver.url("/ok"))
+    result = await publish_message(endpoint.app_id, "x", {}, redis=redis)
+    delivery_id = result["deliveries"][0]["id"]
+    await redis.enqueue_job("deliver", delivery_id, _job_id="duplicate",
+                            _queue_name=__import__("jobs.queue").queue.queue_name())
+    await run_worker()
+    assert len(receiver.hits("/ok")) == 1
+
+
+async def test_idempotency_key_returns_first_message(db, redis, receiver, run_worker):
+    endpoint = await make_endpoint(receiver.url("/ok"))
+    first = await publish_message(endpoint.app_id, "x", {"a": 1}, "key-1", redis=redis)
+    again = await publish_message(endpoint.app_id, "x", {"a": 2}, "key-1", redis=redis)
+    assert again["id"] == first["id"] and again["idempotent_replay"]
+    await run_worker()
+    assert len(receiver.hits("/ok")) == 1
