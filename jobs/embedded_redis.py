@@ -40,6 +40,7 @@ class EmbeddedRedis:
              "--dir", str(self.data_dir.resolve()), "--save", "", "--appendonly", "no",
              "--protected-mode", "yes"],
             stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # the launcher stops it last, not with Ctrl-C's group
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

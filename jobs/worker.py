@@ -19,7 +19,21 @@ from models.config import get_settings
 from models.db import close_db, init_db
 from models.enums import AgentStatus
 
-logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def _configure_logging() -> None:
+    """JSON lines of our own on stdout; arq keeps its own handler, httpx stays quiet."""
+    logger = logging.getLogger("observatory")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+_configure_logging()
 
 
 async def startup(ctx: dict[str, Any]) -> None:

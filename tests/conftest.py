@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,11 +22,13 @@ _TABLES = [  # children first, for DELETE on SQLite
 
 
 _EMBEDDED: list[EmbeddedRedis] = []
+_TMP: list[Path] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Set the environment before test modules are imported (settings are read at import)."""
     tmp = Path(tempfile.mkdtemp(prefix="observatory-test-"))
+    _TMP.append(tmp)
     redis_url = os.environ.get("TEST_REDIS_URL", "")
     if not redis_url:
         _EMBEDDED.append(EmbeddedRedis(tmp / "redis").start())
@@ -42,6 +45,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     for server in _EMBEDDED:
         server.stop()
+    for tmp in _TMP:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

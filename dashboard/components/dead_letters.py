@@ -1,0 +1,117 @@
+"""Dead Letter Queue pieces: one row per entry with its Retry button."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import reflex as rx
+
+from dashboard.components.badges import dead_letter_status_badge
+from dashboard.components.panel import column_headers, empty_state, panel
+from dashboard.components.reactive import any_true, each, either, is_empty
+
+EMPTY_MESSAGE = "No failed deliveries."
+
+
+def retry_button(entry_id: Any, busy: Any, disabled: Any, on_retry: Any) -> rx.Component:
+    """A real <button>, keyboard operable; spins and is disabled while its request runs."""
+    return rx.button(
+        rx.icon("rotate-ccw", size=14),
+        "Retry",
+        on_click=on_retry,
+        loading=busy,
+        disabled=disabled,
+        aria_label=f"Retry delivery {entry_id}",
+        size="1",
+        variant="soft",
+        class_name="dlq-retry-button",
+    )
+
+
+def dead_letter_row(entry: Any, busy: Any = False, on_retry: Any = None) -> rx.Component:
+    """One DLQ entry (a DeadLetterItem, or a Var of one).
+
+    Args:
+        entry: The entry; `status` "active" shows "Failed", "retrying" shows "Queued".
+        busy: Whether a Retry request for it is in flight.
+        on_retry: The event the Retry button fires.
+    """
+    status = entry["status"]
+    not_active = status != "active"
+    return rx.table.row(
+        rx.table.row_header_cell(rx.text(f"#{entry['id']}", weight="medium", size="2")),
+        rx.table.cell(
+            rx.vstack(
+                rx.text(entry["endpoint_url"], size="2", max_width="260px",
+                        overflow="hidden", text_overflow="ellipsis", white_space="nowrap",
+                        title=entry["endpoint_url"]),
+                rx.text(entry["event_type"], size="1", color_scheme="gray"),
+                spacing="0",
+            ),
+        ),
+        rx.table.cell(
+            rx.code(entry["payload_preview"], size="1", variant="soft", color_scheme="gray",
+                    display="block", max_width="300px", overflow="hidden",
+                    text_overflow="ellipsis", white_space="nowrap",
+                    title=entry["payload_preview"]),
+        ),
+        rx.table.cell(
+            rx.vstack(
+                rx.text(entry["reason_label"], size="2"),
+                rx.text(f"{entry['attempts_label']} · {entry['failed_at']}", size="1",
+                        color_scheme="gray"),
+                spacing="0",
+            ),
+        ),
+        rx.table.cell(dead_letter_status_badge(status)),
+        rx.table.cell(
+            retry_button(entry["id"], busy, any_true(busy, not_active), on_retry),
+            justify="end",
+        ),
+        class_name=f"dlq-row dlq-status-{status}",
+        id=f"dlq-entry-{entry['id']}",
+        align="center",
+    )
+
+
+def dead_letter_table(entries: Any, is_busy: Callable[[Any], Any] = lambda _id: False,
+                      on_retry: Callable[[Any], Any] | None = None) -> rx.Component:
+    """Entries in a table, or "No failed deliveries." (and no Retry button) when empty.
+
+    Args:
+        entries: DeadLetterItems (or a Var of the list).
+        is_busy: Maps an entry id to whether its Retry request is in flight.
+        on_retry: Maps an entry id to the event its Retry button fires.
+    """
+    return either(
+        is_empty(entries),
+        empty_state(EMPTY_MESSAGE, icon="circle-check", class_name="dlq-empty"),
+        rx.table.root(
+            column_headers("ID", "Endpoint", "Payload", "Failure", "Status", ""),
+            rx.table.body(each(entries, lambda entry: dead_letter_row(
+                entry, busy=is_busy(entry["id"]),
+                on_retry=on_retry(entry["id"]) if on_retry else None))),
+            variant="ghost",
+            size="1",
+            width="100%",
+        ),
+    )
+
+
+def dead_letter_panel(entries: Any, failed_count: Any = 0, queued_count: Any = 0,
+                      is_busy: Callable[[Any], Any] = lambda _id: False,
+                      on_retry: Callable[[Any], Any] | None = None) -> rx.Component:
+    """The Dead Letter Queue card (arguments as for `dead_letter_table`, plus the counts)."""
+    return panel(
+        "Dead Letter Queue",
+        "inbox",
+        dead_letter_table(entries, is_busy=is_busy, on_retry=on_retry),
+        description="Deliveries that exhausted their retries; retry one to re-deliver it",
+        aside=rx.hstack(
+            rx.badge(f"{failed_count} failed", color_scheme="red", variant="surface"),
+            rx.badge(f"{queued_count} queued", color_scheme="amber", variant="surface"),
+            spacing="2",
+        ),
+        id="dead-letter-queue-panel",
+    )

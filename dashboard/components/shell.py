@@ -1,0 +1,72 @@
+"""The page shell: header with the product name and navigation, then the content."""
+
+from __future__ import annotations
+
+import reflex as rx
+
+from dashboard.routes import NAV, NavItem
+
+
+def _nav_link(item: NavItem, active: bool) -> rx.Component:
+    return rx.link(
+        rx.hstack(rx.icon(item.icon, size=16), rx.text(item.label, size="2", weight="medium"),
+                  align="center", spacing="2"),
+        href=item.route,
+        underline="none",
+        color_scheme="gray" if not active else "indigo",
+        high_contrast=active,
+        padding_x="0.75em",
+        padding_y="0.4em",
+        border_radius="6px",
+        background=rx.color("accent", 3) if active else "transparent",
+        aria_current="page" if active else None,
+    )
+
+
+def header(active_route: str, status: rx.Component | None = None) -> rx.Component:
+    """The top bar: "Observatory", the navigation, and a status slot on the right."""
+    return rx.box(
+        rx.hstack(
+            rx.hstack(
+                rx.center(rx.icon("radar", size=18, color="white"),
+                          width="30px", height="30px", border_radius="8px",
+                          background=rx.color("accent", 9)),
+                rx.heading("Observatory", size="4", weight="bold"),
+                rx.separator(orientation="vertical", size="1", height="20px"),
+                rx.hstack(*(_nav_link(item, item.route == active_route) for item in NAV),
+                          as_="nav", spacing="1", aria_label="Main"),
+                align="center",
+                spacing="3",
+            ),
+            status or rx.fragment(),
+            justify="between",
+            align="center",
+            max_width="1280px",
+            margin_x="auto",
+            padding_x="1.5em",
+            height="56px",
+        ),
+        as_="header",
+        border_bottom=f"1px solid {rx.color('gray', 5)}",
+        background=rx.color("gray", 1),
+        position="sticky",
+        top="0",
+        z_index="10",
+    )
+
+
+def shell(active_route: str, *content: rx.Component,
+          status: rx.Component | None = None) -> rx.Component:
+    """Header plus a centred main column."""
+    return rx.box(
+        header(active_route, status),
+        rx.box(
+            *content,
+            as_="main",
+            max_width="1280px",
+            margin_x="auto",
+            padding="1.5em",
+        ),
+        min_height="100vh",
+        background=rx.color("gray", 2),
+    )

@@ -1,0 +1,1 @@
+"""Thin pages: the shell plus one view each."""

@@ -1,0 +1,72 @@
+"""The Scheduler page's data contract: which panels an event touches, and loading them once.
+
+One fetch serves every open dashboard of a backend process: the relay loads the rows once per
+coalesced burst and hands the same `PanelData` to each session (see dashboard/relay.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TypedDict
+
+from dashboard import runtime
+from dashboard.state.rows import (AgentItem, CronRunItem, DeadLetterItem, agent_item,
+                                  cron_run_item, dead_letter_item)
+from models import queries
+
+
+class Panel(StrEnum):
+    CRON = "cron"
+    DEAD_LETTERS = "dead_letters"
+    HEARTBEATS = "heartbeats"
+
+
+ALL_PANELS: frozenset[Panel] = frozenset(Panel)
+
+# Event type (jobs/events.py) -> the panels it can change. Unknown types refresh everything.
+_PANELS_BY_EVENT: dict[str, frozenset[Panel]] = {
+    "dlq.changed": frozenset({Panel.DEAD_LETTERS}),
+    # a delivery that fails for good adds a DLQ entry; a retry's outcome resolves one
+    "delivery.updated": frozenset({Panel.DEAD_LETTERS}),
+    "cron.changed": frozenset({Panel.CRON}),
+    "agent.heartbeat": frozenset({Panel.HEARTBEATS}),
+}
+
+
+class PanelData(TypedDict, total=False):
+    """Rows of the panels that were loaded; a panel left out was not refreshed."""
+
+    dead_letters: list[DeadLetterItem]
+    cron_upcoming: list[CronRunItem]
+    cron_recent: list[CronRunItem]
+    agents: list[AgentItem]
+    refreshed_at: str  # ISO time of the load
+
+
+def panels_for_events(types: Iterable[str]) -> frozenset[Panel]:
+    """The panels to refresh for a burst of event types (all of them for an unknown type)."""
+    panels: set[Panel] = set()
+    for type_ in types:
+        touched = _PANELS_BY_EVENT.get(type_)
+        if touched is None:
+            return ALL_PANELS
+        panels |= touched
+    return frozenset(panels)
+
+
+async def fetch_panels(panels: Iterable[Panel] = ALL_PANELS) -> PanelData:
+    """Load the rows of `panels` through models.queries (plain rows, never ORM objects)."""
+    wanted = frozenset(panels)
+    await runtime.ensure_db()
+    data = PanelData(refreshed_at=datetime.now(UTC).isoformat())
+    if Panel.DEAD_LETTERS in wanted:
+        data["dead_letters"] = [dead_letter_item(r) for r in await queries.list_dead_letters()]
+    if Panel.CRON in wanted:
+        runs = [cron_run_item(r) for r in await queries.list_cron_runs()]
+        data["cron_upcoming"] = [r for r in runs if r["id"] is None]
+        data["cron_recent"] = [r for r in runs if r["id"] is not None]
+    if Panel.HEARTBEATS in wanted:
+        data["agents"] = [agent_item(r) for r in await queries.list_agents()]
+    return data

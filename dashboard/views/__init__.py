@@ -1,0 +1,1 @@
+"""State-bound views: they wire state vars and event handlers into components."""
