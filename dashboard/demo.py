@@ -37,6 +37,14 @@ FLAKY_FAILURE_RATE = 0.3
 SLOW_DELAY_S = 3.0
 EVENT_TYPES = ("order.created", "order.shipped", "invoice.paid", "customer.updated")
 SUMMARY_EVERY = 60  # producer progress line every N messages
+#: per-route endpoint settings: the flaky one gives up after one quick retry, so ~9 % of its
+#: deliveries reach the DLQ (and a Retry there succeeds ~70 % of the time); the gone one hears
+#: one event type only, so it does not flood the DLQ
+ENDPOINT_SETTINGS: dict[str, dict[str, Any]] = {
+    "flaky": {"retry_config": {"max_retries": 1, "backoff": "fixed", "base_delay": 2,
+                               "max_delay": 2, "jitter": False}},
+    "gone": {"event_types": ["customer.updated"]},
+}
 
 #: publish(app_id, event_type, payload, idempotency_key) → the API's answer
 PublishFn = Callable[[int, str, dict[str, Any], str | None], Awaitable[Any]]
@@ -110,11 +118,12 @@ async def ensure_demo_setup(receiver_url: str) -> int:
     for route, behaviour in ROUTES.items():
         url = f"{receiver_url.rstrip('/')}/{route}"
         endpoint = existing.get(f"/{route}")
+        settings = {"retry_config": None, "event_types": None, **ENDPOINT_SETTINGS.get(route, {})}
         if endpoint is None:
             await Endpoint.create(app=app, url=url, secret=generate_secret(),
-                                  description=f"Demo receiver: {behaviour}")
-        elif endpoint.url != url:
-            await Endpoint.filter(id=endpoint.id).update(url=url)
+                                  description=f"Demo receiver: {behaviour}", **settings)
+        else:
+            await Endpoint.filter(id=endpoint.id).update(url=url, **settings)
     return app.id
 
 

@@ -175,9 +175,11 @@ async def test_direct_publisher_stores_one_delivery_per_demo_endpoint(db: str, r
     publish = await direct_publisher()
 
     result = await publish(app_id, "order.created", {"order_id": "ord_1"}, "demo-1")
+    everyone = await publish(app_id, "customer.updated", {"changed": ["email"]}, "demo-2")
 
-    assert len(result["deliveries"]) == len(ROUTES)
-    assert await Message.filter(app_id=app_id).count() == 1
+    assert len(result["deliveries"]) == len(ROUTES) - 1  # /gone hears customer.updated only
+    assert len(everyone["deliveries"]) == len(ROUTES)
+    assert await Message.filter(app_id=app_id).count() == 2
 
 
 async def test_demo_process_serves_the_receiver_and_publishes_until_sigterm(db: str) -> None:
