@@ -16,6 +16,7 @@ from arq.cron import CronJob as ArqCronJob
 from arq.cron import cron
 from croniter import croniter
 
+from jobs.deliver import recover_stale_running
 from jobs.events import publish_event
 from jobs.queue import enqueue_delivery
 from models.cron import CronJob, CronRun
@@ -35,7 +36,8 @@ class CronSpec:
 
 
 async def reconcile_deliveries(ctx: dict[str, Any]) -> dict[str, int]:
-    """Re-enqueue deliveries that are due but may have no job in Redis.
+    """Re-enqueue deliveries that are due but may have no job in Redis, and recover those
+    stuck `running` because their worker died.
 
     Enqueueing is idempotent (job id `{delivery_id}:{attempt}`), so a delivery whose job still
     exists is left alone by arq.
@@ -48,7 +50,8 @@ async def reconcile_deliveries(ctx: dict[str, Any]) -> dict[str, int]:
                                      next_attempt_at__lt=stale).values_list("id", "attempts")
     for delivery_id, attempts in [*queued, *retrying]:
         await enqueue_delivery(ctx["redis"], delivery_id, attempts + 1)
-    return {"requeued": len(queued) + len(retrying)}
+    recovered = await recover_stale_running(ctx)
+    return {"requeued": len(queued) + len(retrying), "recovered": recovered}
 
 
 async def record_fleet(ctx: dict[str, Any]) -> dict[str, int]:

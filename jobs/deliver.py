@@ -124,9 +124,32 @@ async def deliver(ctx: dict[str, Any], delivery_id: int) -> str:
     """
     claimed = await Delivery.filter(
         id=delivery_id, status__in=[DeliveryStatus.QUEUED, DeliveryStatus.RETRYING]
-    ).update(status=DeliveryStatus.RUNNING, attempts=F("attempts") + 1)
+    ).update(status=DeliveryStatus.RUNNING, attempts=F("attempts") + 1,
+             updated_at=datetime.now(UTC))
     if not claimed:
         return "skipped"
+    try:
+        return await _attempt(ctx, delivery_id)
+    except asyncio.CancelledError:
+        # Worker shutting down mid-attempt: hand the delivery back so arq's re-run (or the
+        # reconciler) takes it again. The receiver may have got it: at-least-once.
+        await asyncio.shield(release_claim(delivery_id))
+        raise
+
+
+async def release_claim(delivery_id: int) -> bool:
+    """Undo a claim: running → queued/retrying with the interrupted try not counted."""
+    delivery = await Delivery.get_or_none(id=delivery_id, status=DeliveryStatus.RUNNING)
+    if delivery is None:
+        return False
+    attempts = max(delivery.attempts - 1, 0)
+    status = DeliveryStatus.RETRYING if attempts else DeliveryStatus.QUEUED
+    return bool(await Delivery.filter(id=delivery_id, status=DeliveryStatus.RUNNING,
+                                      attempts=delivery.attempts).update(
+        status=status, attempts=attempts, updated_at=datetime.now(UTC)))
+
+
+async def _attempt(ctx: dict[str, Any], delivery_id: int) -> str:
     delivery = await Delivery.get(id=delivery_id).select_related("message", "endpoint")
     redis = ctx["redis"]
     await publish_events(redis, [{"type": "delivery.updated", "id": delivery_id, "status": "running"}])
@@ -165,10 +188,11 @@ async def _finish(ctx: dict[str, Any], delivery: Delivery, endpoint: Any,
     if result.outcome.ok:
         status = DeliveryStatus.SUCCEEDED
         await Delivery.filter(id=delivery.id).update(
-            status=status, finished_at=now, last_status_code=result.status_code, last_error=None)
+            status=status, finished_at=now, last_status_code=result.status_code, last_error=None,
+            updated_at=now)
         if dlq_id:
             await DeadLetter.filter(id=dlq_id, status=DeadLetterStatus.RETRYING).update(
-                status=DeadLetterStatus.RESOLVED, resolved_at=now)
+                status=DeadLetterStatus.RESOLVED, resolved_at=now, updated_at=now)
             events.append({"type": "dlq.changed", "id": dlq_id, "status": "resolved"})
     elif result.outcome.kind == "retryable" and policy and number < policy.max_attempts:
         status = DeliveryStatus.RETRYING
@@ -177,7 +201,7 @@ async def _finish(ctx: dict[str, Any], delivery: Delivery, endpoint: Any,
             delay = min(max(delay, result.retry_after_s), policy.max_delay)
         await Delivery.filter(id=delivery.id).update(
             status=status, next_attempt_at=now + timedelta(seconds=delay),
-            last_status_code=result.status_code, last_error=result.error_message)
+            last_status_code=result.status_code, last_error=result.error_message, updated_at=now)
         await enqueue_delivery(ctx["redis"], delivery.id, number + 1, defer_s=delay)
     else:
         status = DeliveryStatus.FAILED
@@ -205,13 +229,13 @@ async def _dead_letter(delivery: Delivery, endpoint: Any, result: AttemptResult,
     async with in_transaction():
         await Delivery.filter(id=delivery.id).update(
             status=DeliveryStatus.FAILED, finished_at=now, last_status_code=result.status_code,
-            last_error=result.error_message or reason)
+            last_error=result.error_message or reason, updated_at=now)
         if dlq_id:
             entry = await DeadLetter.get(id=dlq_id)
             await DeadLetter.filter(id=dlq_id).update(
                 status=DeadLetterStatus.ACTIVE, failure_reason=reason,
                 error_history=[*entry.error_history, *history],
-                attempts=entry.attempts + len(history))
+                attempts=entry.attempts + len(history), updated_at=now)
             return dlq_id
         entry, _ = await DeadLetter.get_or_create(
             delivery_id=delivery.id,
@@ -224,3 +248,31 @@ async def _dead_letter(delivery: Delivery, endpoint: Any, result: AttemptResult,
             },
         )
     return entry.id
+
+
+STALE_RUNNING_S = ATTEMPT_DEADLINE_S + 90  # past arq's job_timeout + in-progress key expiry
+
+
+async def recover_stale_running(ctx: dict[str, Any], older_than_s: float = STALE_RUNNING_S) -> int:
+    """Deliveries stuck `running` (their worker was killed): count the lost try, then retry or
+    dead-letter them through the normal path (exactly once: the claim below is a CAS).
+
+    arq never calls us for a job whose last try was killed, so this is the only way out.
+    """
+    now = datetime.now(UTC)
+    cutoff = now - timedelta(seconds=older_than_s)
+    recovered = 0
+    for delivery in await Delivery.filter(status=DeliveryStatus.RUNNING, updated_at__lt=cutoff
+                                          ).select_related("message", "endpoint"):
+        taken = await Delivery.filter(id=delivery.id, status=DeliveryStatus.RUNNING,
+                                      updated_at__lt=cutoff).update(updated_at=now)
+        if not taken:
+            continue
+        lost = AttemptResult(started_at=delivery.updated_at, duration_ms=0.0,
+                             outcome=Outcome("retryable", "worker_lost"),
+                             error_message="the worker stopped during this attempt")
+        endpoint = delivery.endpoint
+        await _finish(ctx, delivery, endpoint, lost,
+                      policy_for(endpoint.retry_config) if endpoint else None)
+        recovered += 1
+    return recovered

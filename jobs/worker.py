@@ -71,7 +71,9 @@ class WorkerSettings:
     redis_settings = _redis_settings()
     max_jobs = 64
     job_timeout = int(ATTEMPT_DEADLINE_S) + 30  # each attempt has its own shorter deadline
-    max_tries = 1  # retries are our own jobs (`{delivery_id}:{attempt}`), never arq's
+    # Retries are our own jobs (`{delivery_id}:{attempt}`); arq's tries only re-run a job that a
+    # shutdown cancelled (the delivery's claim was released, see jobs.deliver.release_claim).
+    max_tries = 3
     keep_result = 60
     poll_delay = 0.05
     health_check_key = f"{_queue_name()}:health-check"

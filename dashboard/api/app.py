@@ -14,6 +14,7 @@ from starlette.routing import Route
 from dashboard import runtime
 from dashboard.api.auth import require_user
 from dashboard.api.errors import EXCEPTION_HANDLERS, ApiError
+from dashboard.api.openapi import build_openapi
 from dashboard.api.schemas import AppIn, EndpointIn, MessageIn
 from jobs.errors import NotFoundError
 from jobs.operations.publish import publish_message
@@ -54,6 +55,7 @@ async def _prepare(request: Request, role: Role) -> None:
 
 
 async def health(request: Request) -> JSONResponse:
+    """Liveness of the API, its database and Redis (no token needed)."""
     checks: dict[str, str] = {}
     try:
         await runtime.ensure_db()
@@ -86,6 +88,7 @@ def _endpoint_json(e: Endpoint, with_secret: bool = False) -> dict[str, Any]:
 
 
 async def create_app(request: Request) -> JSONResponse:
+    """Create an application (a producer/tenant). Admin."""
     await _prepare(request, Role.ADMIN)
     body = await _body(request, AppIn)
     if await Application.exists(name=body.name):
@@ -94,11 +97,13 @@ async def create_app(request: Request) -> JSONResponse:
 
 
 async def list_apps(request: Request) -> JSONResponse:
+    """List applications."""
     await _prepare(request, Role.VIEWER)
     return JSONResponse({"apps": [_app_json(a) for a in await Application.all().order_by("id")]})
 
 
 async def create_endpoint(request: Request) -> JSONResponse:
+    """Create an endpoint; the answer carries its signing secret. Admin."""
     await _prepare(request, Role.ADMIN)
     body = await _body(request, EndpointIn)
     if not await Application.exists(id=body.app_id):
@@ -111,12 +116,14 @@ async def create_endpoint(request: Request) -> JSONResponse:
 
 
 async def list_endpoints(request: Request) -> JSONResponse:
+    """List endpoints."""
     await _prepare(request, Role.VIEWER)
     rows = await Endpoint.all().order_by("id")
     return JSONResponse({"endpoints": [_endpoint_json(e) for e in rows]})
 
 
 async def publish(request: Request) -> JSONResponse:
+    """Publish a message: one delivery per subscribed endpoint. Operator."""
     await _prepare(request, Role.OPERATOR)
     body = await _body(request, MessageIn)
     result = await publish_message(body.app_id, body.event_type, body.payload,
@@ -125,6 +132,7 @@ async def publish(request: Request) -> JSONResponse:
 
 
 async def get_delivery(request: Request) -> JSONResponse:
+    """One delivery with its attempts."""
     await _prepare(request, Role.VIEWER)
     delivery = await Delivery.get_or_none(id=request.path_params["id"])
     if delivery is None:
@@ -144,6 +152,7 @@ async def get_delivery(request: Request) -> JSONResponse:
 
 
 async def list_dlq(request: Request) -> JSONResponse:
+    """DLQ entries, newest first (filters: status; cursor pagination)."""
     await _prepare(request, Role.VIEWER)
     limit = _int_param(request, "limit", 50, hi=MAX_PAGE) or 50
     cursor = _int_param(request, "cursor", None)
@@ -162,6 +171,7 @@ async def list_dlq(request: Request) -> JSONResponse:
 
 
 async def get_dlq_entry(request: Request) -> JSONResponse:
+    """One DLQ entry."""
     await _prepare(request, Role.VIEWER)
     entry = await queries.get_dead_letter(request.path_params["id"])
     if entry is None:
@@ -170,14 +180,21 @@ async def get_dlq_entry(request: Request) -> JSONResponse:
 
 
 async def retry_dlq_entry(request: Request) -> JSONResponse:
+    """Retry one DLQ entry as a new delivery. Operator."""
     await _prepare(request, Role.OPERATOR)
     result = await retry_dead_letter(request.path_params["id"], request.state.user.name,
                                      redis=await runtime.get_redis())
     return JSONResponse(result, status_code=202)
 
 
+async def openapi(request: Request) -> JSONResponse:
+    """This API's OpenAPI document."""
+    return JSONResponse(OPENAPI)
+
+
 routes = [
     Route("/v1/health", health, methods=["GET"]),
+    Route("/v1/openapi.json", openapi, methods=["GET"]),
     Route("/v1/apps", create_app, methods=["POST"]),
     Route("/v1/apps", list_apps, methods=["GET"]),
     Route("/v1/endpoints", create_endpoint, methods=["POST"]),
@@ -188,5 +205,9 @@ routes = [
     Route("/v1/dlq/{id:int}", get_dlq_entry, methods=["GET"]),
     Route("/v1/dlq/{id:int}/retry", retry_dlq_entry, methods=["POST"]),
 ]
+
+OPENAPI = build_openapi(
+    routes, bodies={"create_app": AppIn, "create_endpoint": EndpointIn, "publish": MessageIn},
+    public={"/v1/health", "/v1/openapi.json"})
 
 api = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TypedDict
 
 from arq.connections import ArqRedis
@@ -56,7 +57,8 @@ async def retry_dead_letter(entry_id: int, actor: str, *, redis: ArqRedis) -> Re
     async with in_transaction():
         # Compare-and-set: of two concurrent clicks exactly one sees a row count of 1.
         claimed = await DeadLetter.filter(id=entry_id, status=DeadLetterStatus.ACTIVE).update(
-            status=DeadLetterStatus.RETRYING, retry_count=F("retry_count") + 1)
+            status=DeadLetterStatus.RETRYING, retry_count=F("retry_count") + 1,
+            updated_at=datetime.now(UTC))
         if not claimed:
             raise AlreadyInFlightError(f"A retry of DLQ entry {entry_id} is already in flight")
         delivery = await Delivery.create(

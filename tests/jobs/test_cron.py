@@ -65,7 +65,7 @@ async def test_reconciler_requeues_due_deliveries_after_redis_lost_them(db, redi
     assert await redis.zcard(queue_name()) == 0
     await Delivery.filter(id=delivery_id).update(created_at=datetime.now(UTC) - timedelta(minutes=5))
 
-    assert await reconcile_deliveries({"redis": redis}) == {"requeued": 1}
+    assert await reconcile_deliveries({"redis": redis}) == {"requeued": 1, "recovered": 0}
     assert await redis.zcard(queue_name()) == 1
     assert (await Delivery.get(id=delivery_id)).status == DeliveryStatus.QUEUED
     # a second sweep while the job exists enqueues nothing new

@@ -120,3 +120,68 @@ async def test_idempotency_key_returns_first_message(db, redis, receiver, run_wo
     assert again["id"] == first["id"] and again["idempotent_replay"]
     await run_worker()
     assert len(receiver.hits("/ok")) == 1
+
+
+async def _stuck_running(endpoint, redis, attempts: int) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    result = await publish_message(endpoint.app_id, "x", {}, redis=redis)
+    delivery_id = result["deliveries"][0]["id"]
+    await redis.flushdb()  # the job is gone with the killed worker
+    await Delivery.filter(id=delivery_id).update(
+        status=DeliveryStatus.RUNNING, attempts=attempts,
+        updated_at=datetime.now(UTC) - timedelta(minutes=10))
+    return delivery_id
+
+
+async def test_delivery_stuck_running_is_retried_after_its_worker_died(db, redis, receiver, run_worker):
+    from jobs.deliver import recover_stale_running
+
+    endpoint = await make_endpoint(receiver.url("/ok"))  # 3 attempts allowed
+    delivery_id = await _stuck_running(endpoint, redis, attempts=1)
+
+    assert await recover_stale_running({"redis": redis}) == 1
+    assert await recover_stale_running({"redis": redis}) == 0  # once
+    await run_worker()
+    delivery = await Delivery.get(id=delivery_id)
+    assert (delivery.status, delivery.attempts) == (DeliveryStatus.SUCCEEDED, 2)
+    lost, ok = await Attempt.filter(delivery_id=delivery_id).order_by("number")
+    assert (lost.error_class, ok.status_code) == ("worker_lost", 200)
+
+
+async def test_killed_last_try_is_dead_lettered_exactly_once(db, redis, receiver):
+    from jobs.deliver import recover_stale_running
+
+    endpoint = await make_endpoint(receiver.url("/ok"))
+    delivery_id = await _stuck_running(endpoint, redis, attempts=3)  # the last of 3
+
+    assert await recover_stale_running({"redis": redis}) == 1
+    assert await recover_stale_running({"redis": redis}) == 0
+    entry = await DeadLetter.get(delivery_id=delivery_id)
+    assert entry.failure_reason == "max_attempts_exceeded"
+    assert entry.error_history[-1]["error"] == "worker_lost"
+    assert await DeadLetter.filter(delivery_id=delivery_id).count() == 1
+    assert (await Delivery.get(id=delivery_id)).status == DeliveryStatus.FAILED
+
+
+async def test_cancelled_attempt_releases_its_claim(db, redis, receiver):
+    import asyncio
+
+    from jobs.deliver import deliver
+    from jobs.http import make_client
+
+    receiver.script("/slow", Reply(200, delay_s=5))
+    endpoint = await make_endpoint(receiver.url("/slow"))
+    result = await publish_message(endpoint.app_id, "x", {}, redis=redis)
+    delivery_id = result["deliveries"][0]["id"]
+    async with make_client() as client:
+        task = asyncio.create_task(deliver({"redis": redis, "http": client}, delivery_id))
+        for _ in range(100):
+            if receiver.hits("/slow"):
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()  # what arq does to running jobs on shutdown
+        with __import__("pytest").raises(asyncio.CancelledError):
+            await task
+    delivery = await Delivery.get(id=delivery_id)
+    assert (delivery.status, delivery.attempts) == (DeliveryStatus.QUEUED, 0)

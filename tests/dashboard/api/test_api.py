@@ -161,3 +161,16 @@ async def test_create_endpoint_returns_secret_and_validates(client, tokens):
     good = await client.post("/v1/endpoints", json={"app_id": app["id"], "url": "http://127.0.0.1:9/x"},
                              headers=auth(tokens["admin"]))
     assert good.status_code == 201 and good.json()["secret"].startswith("whsec_")
+
+
+async def test_openapi_document_lists_routes_and_bodies(client):
+    response = await client.get("/v1/openapi.json")
+    assert response.status_code == 200
+    doc = response.json()
+    assert doc["openapi"].startswith("3.")
+    assert {"/v1/health", "/v1/messages", "/v1/dlq", "/v1/dlq/{id}/retry"} <= set(doc["paths"])
+    publish = doc["paths"]["/v1/messages"]["post"]
+    assert publish["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/MessageIn")
+    assert "security" not in doc["paths"]["/v1/health"]["get"]
+    assert doc["paths"]["/v1/dlq/{id}/retry"]["post"]["security"] == [{"bearer": []}]
