@@ -25,12 +25,21 @@ class Endpoint(Model):
     url = fields.CharField(max_length=2048)
     description = fields.CharField(max_length=500, default="")
     secret = fields.CharField(max_length=200)  # `whsec_<base64>`; never put in job args
+    # after a rotation the old secret still signs (both signatures sent) until it expires
+    previous_secret = fields.CharField(max_length=200, null=True)
+    previous_secret_expires_at = fields.DatetimeField(null=True)
     enabled = fields.BooleanField(default=True)
     disabled_reason = fields.CharField(max_length=200, null=True)
     # per-endpoint retry policy (see jobs.policy.RetryPolicy); null = the default policy
     retry_config = fields.JSONField(null=True)
     # event types this endpoint receives; null = every event type
     event_types = fields.JSONField(null=True)
+    follow_redirects = fields.BooleanField(default=False)  # 3xx are final unless opted in
+    max_in_flight = fields.IntField(null=True)  # per-endpoint concurrency cap; null = default
+    # health: the start of the current unbroken run of failures (null while healthy)
+    failing_since = fields.DatetimeField(null=True)
+    consecutive_failures = fields.IntField(default=0)
+    disabled_at = fields.DatetimeField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
 
