@@ -1,4 +1,11 @@
-"""The `deliver` job: one signed HTTP attempt of a delivery, its record and what comes next."""
+"""The delivery jobs: the fast lane (`deliver_batch`, first attempts in batches) and `deliver`
+(one retry, its own job `{delivery_id}:{attempt}`), sharing one path:
+
+claim (one compare-and-set for the whole batch) → POST each concurrently, each endpoint capped
+in flight → record the finished ones in a few statements. Deliveries still in flight after
+`DETACH_AFTER_S` are detached: the job returns (freeing its slot, so a slow receiver never holds
+healthy deliveries hostage) and each records itself when done.
+"""
 
 from __future__ import annotations
 
@@ -6,135 +13,39 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
+import uuid
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any
 
-import aiohttp
-import httpx
 from tortoise.expressions import F
-from tortoise.transactions import in_transaction
 
-from jobs.classify import Outcome, classify_error, classify_status
-from jobs.events import publish_events
-from jobs.policy import RetryPolicy, policy_for
-from jobs.queue import enqueue_delivery
-from jobs.signing import signature_headers
-from models.dead_letters import DeadLetter
-from models.deliveries import Attempt, Delivery
-from models.enums import DeadLetterStatus, DeliveryStatus
+from jobs.attempt import ATTEMPT_DEADLINE_S, AttemptResult, no_attempt, post_once, webhook_body
+from jobs.classify import Outcome
+from jobs.outcomes import Finished, record_outcomes
+from jobs.queue import enqueue_batch
+from jobs.signing import signing_secrets, signature_headers
+from models.deliveries import Delivery
+from models.enums import DeliveryStatus
 
 log = logging.getLogger("observatory.deliver")
 
-EXCERPT_BYTES = 64 * 1024  # response body kept per attempt; the rest is discarded
-ATTEMPT_DEADLINE_S = 30.0  # total per attempt, shorter than the worker's job_timeout
+DETACH_AFTER_S = 2.0  # a batch waits at most this long for its slowest members...
+IDLE_DETACH_S = 0.25  # ...or until none finished for this long, then detaches the rest
+DEFAULT_MAX_IN_FLIGHT = 16  # per endpoint and worker process, unless the endpoint says
+STALE_RUNNING_S = ATTEMPT_DEADLINE_S + 90  # past arq's job_timeout + in-progress key expiry
+_CLAIMABLE = [DeliveryStatus.QUEUED, DeliveryStatus.RETRYING]
 
 
-@dataclass
-class AttemptResult:
-    started_at: datetime
-    duration_ms: float
-    outcome: Outcome
-    status_code: int | None = None
-    error_message: str | None = None
-    excerpt: str | None = None
-    retry_after_s: float | None = None
-
-
-def webhook_body(message: Any) -> bytes:
-    """The JSON body receivers get: type, timestamp and the producer's payload as `data`."""
-    return json.dumps({
-        "type": message.event_type,
-        "timestamp": message.created_at.astimezone(UTC).isoformat(),
-        "data": message.payload,
-    }, separators=(",", ":")).encode()
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """`Retry-After` as seconds (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-
-
-async def _read_capped(response: httpx.Response, cap: int = EXCERPT_BYTES) -> bytes:
-    body = bytearray()
-    async for chunk in response.aiter_raw():
-        body.extend(chunk[: cap - len(body)])
-        if len(body) >= cap:
-            break
-    return bytes(body)
-
-
-async def post_once(client: httpx.AsyncClient, url: str, body: bytes,
-                    headers: dict[str, str], deadline_s: float = ATTEMPT_DEADLINE_S) -> AttemptResult:
-    """POST once with a total deadline; never raises for receiver or network failures."""
-    started = datetime.now(UTC)
-    t0 = time.perf_counter()
-    try:
-        async with asyncio.timeout(deadline_s):
-            request = client.build_request("POST", url, content=body, headers={
-                "content-type": "application/json", **headers})
-            response = await client.send(request, stream=True)
-            try:
-                raw = await _read_capped(response)
-            finally:
-                await response.aclose()
-    except (TimeoutError, httpx.TimeoutException) as exc:
-        if isinstance(exc.__cause__, aiohttp.ClientConnectorError):
-            # httpx-aiohttp 0.2 maps a refused connection to ConnectTimeout; it is not one.
-            return _failed(started, t0, "connection_error", str(exc.__cause__))
-        return _failed(started, t0, "timeout", f"no complete response within the deadline: {exc!r}")
-    except httpx.UnsupportedProtocol as exc:
-        return _failed(started, t0, "invalid_url", str(exc))
-    except httpx.ConnectError as exc:
-        return _failed(started, t0, "connection_error", str(exc) or repr(exc))
-    except httpx.HTTPError as exc:
-        return _failed(started, t0, "network_error", str(exc) or repr(exc))
-    outcome = classify_status(response.status_code)
-    retry_after = None
-    if response.status_code in (429, 503):
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
-    return AttemptResult(
-        started_at=started, duration_ms=(time.perf_counter() - t0) * 1000, outcome=outcome,
-        status_code=response.status_code, excerpt=raw.decode("utf-8", "replace"),
-        error_message=None if outcome.ok else f"HTTP {response.status_code}",
-        retry_after_s=retry_after,
-    )
-
-
-def _failed(started: datetime, t0: float, error_class: str, message: str) -> AttemptResult:
-    return AttemptResult(started_at=started, duration_ms=(time.perf_counter() - t0) * 1000,
-                         outcome=classify_error(error_class), error_message=message)
-
-
-async def deliver(ctx: dict[str, Any], delivery_id: int) -> str:
-    """arq job: make the next attempt of `delivery_id` and decide what follows.
-
-    Claims the delivery with a compare-and-set (queued/retrying → running), so a duplicate job
-    delivers nothing twice. Returns the delivery's new status.
-    """
-    claimed = await Delivery.filter(
-        id=delivery_id, status__in=[DeliveryStatus.QUEUED, DeliveryStatus.RETRYING]
-    ).update(status=DeliveryStatus.RUNNING, attempts=F("attempts") + 1,
-             updated_at=datetime.now(UTC))
-    if not claimed:
-        return "skipped"
-    try:
-        return await _attempt(ctx, delivery_id)
-    except asyncio.CancelledError:
-        # Worker shutting down mid-attempt: hand the delivery back so arq's re-run (or the
-        # reconciler) takes it again. The receiver may have got it: at-least-once.
-        await asyncio.shield(release_claim(delivery_id))
-        raise
+async def claim(delivery_ids: list[int]) -> list[Delivery]:
+    """Take the deliveries that are still waiting, atomically (one UPDATE), and load them."""
+    token = str(uuid.uuid4())
+    taken = await Delivery.filter(id__in=delivery_ids, status__in=_CLAIMABLE).update(
+        status=DeliveryStatus.RUNNING, attempts=F("attempts") + 1, claim_token=token,
+        updated_at=datetime.now(UTC))
+    if not taken:
+        return []
+    return await Delivery.filter(claim_token=token, status=DeliveryStatus.RUNNING
+                                 ).select_related("message", "endpoint")
 
 
 async def release_claim(delivery_id: int) -> bool:
@@ -149,108 +60,137 @@ async def release_claim(delivery_id: int) -> bool:
         status=status, attempts=attempts, updated_at=datetime.now(UTC)))
 
 
-async def _attempt(ctx: dict[str, Any], delivery_id: int) -> str:
-    delivery = await Delivery.get(id=delivery_id).select_related("message", "endpoint")
-    redis = ctx["redis"]
-    await publish_events(redis, [{"type": "delivery.updated", "id": delivery_id, "status": "running"}])
+def init_context(ctx: dict[str, Any]) -> None:
+    """Worker-wide state shared by every job's ctx copy (arq copies ctx per job)."""
+    ctx["endpoint_limits"] = {}
+    ctx["detached"] = set()
+
+
+def _limiter(ctx: dict[str, Any], endpoint: Any) -> asyncio.Semaphore:
+    limits: dict[int, asyncio.Semaphore] = ctx["endpoint_limits"]
+    if endpoint.id not in limits:
+        limits[endpoint.id] = asyncio.Semaphore(endpoint.max_in_flight or DEFAULT_MAX_IN_FLIGHT)
+    return limits[endpoint.id]
+
+
+async def attempt_one(ctx: dict[str, Any], delivery: Delivery) -> Finished:
+    """Sign and POST one claimed delivery (waiting for its endpoint's in-flight cap)."""
     endpoint = delivery.endpoint
     if endpoint is None:
-        return await _finish(ctx, delivery, None, _no_attempt("endpoint_deleted"), None)
-    policy = policy_for(endpoint.retry_config)
+        return Finished(delivery, no_attempt("endpoint_deleted"), attempted=False)
+    if not endpoint.enabled:
+        return Finished(delivery, no_attempt("endpoint_disabled"), attempted=False)
     body = webhook_body(delivery.message)
-    headers = signature_headers([endpoint.secret], f"msg_{delivery.message.id}",
-                                int(time.time()), body)
-    result = await post_once(ctx["http"], endpoint.url, body, headers)
-    log.info(json.dumps({"event": "attempt", "job_id": ctx.get("job_id"), "delivery_id": delivery_id,
-                         "attempt": delivery.attempts, "status": result.status_code,
-                         "outcome": result.outcome.kind, "error": result.outcome.reason,
-                         "duration_ms": round(result.duration_ms, 1)}))
-    return await _finish(ctx, delivery, endpoint, result, policy)
+    async with _limiter(ctx, endpoint):
+        headers = signature_headers(signing_secrets(endpoint), f"msg_{delivery.message.id}",
+                                    int(time.time()), body)
+        result = await post_once(ctx["http"], endpoint.url, body, headers)
+    _log_attempt(ctx, delivery, result)
+    return Finished(delivery, result)
 
 
-def _no_attempt(reason: str) -> AttemptResult:
-    return AttemptResult(started_at=datetime.now(UTC), duration_ms=0.0,
-                         outcome=Outcome("final", reason), error_message=reason)
+def _log_attempt(ctx: dict[str, Any], delivery: Delivery, result: AttemptResult) -> None:
+    log.info(json.dumps({
+        "event": "attempt", "job_id": ctx.get("job_id"), "delivery_id": delivery.id,
+        "endpoint_id": delivery.endpoint.id if delivery.endpoint else None,
+        "attempt": delivery.attempts, "status": result.status_code,
+        "outcome": result.outcome.kind, "error": result.outcome.reason,
+        "duration_ms": round(result.duration_ms, 1)}))
 
 
-async def _finish(ctx: dict[str, Any], delivery: Delivery, endpoint: Any,
-                  result: AttemptResult, policy: RetryPolicy | None) -> str:
-    number = delivery.attempts
-    await Attempt.create(
-        delivery=delivery, number=number, started_at=result.started_at,
-        duration_ms=result.duration_ms, status_code=result.status_code,
-        outcome=result.outcome.kind, error_class=result.outcome.reason,
-        error_message=result.error_message, response_excerpt=result.excerpt,
-    )
-    now = datetime.now(UTC)
-    events: list[dict[str, Any]] = []
-    dlq_id = (delivery.metadata or {}).get("__retry_metadata", {}).get("dead_letter_id")
-    if result.outcome.ok:
-        status = DeliveryStatus.SUCCEEDED
-        await Delivery.filter(id=delivery.id).update(
-            status=status, finished_at=now, last_status_code=result.status_code, last_error=None,
-            updated_at=now)
-        if dlq_id:
-            await DeadLetter.filter(id=dlq_id, status=DeadLetterStatus.RETRYING).update(
-                status=DeadLetterStatus.RESOLVED, resolved_at=now, updated_at=now)
-            events.append({"type": "dlq.changed", "id": dlq_id, "status": "resolved"})
-    elif result.outcome.kind == "retryable" and policy and number < policy.max_attempts:
-        status = DeliveryStatus.RETRYING
-        delay = policy.delay(number)
-        if result.retry_after_s is not None:
-            delay = min(max(delay, result.retry_after_s), policy.max_delay)
-        await Delivery.filter(id=delivery.id).update(
-            status=status, next_attempt_at=now + timedelta(seconds=delay),
-            last_status_code=result.status_code, last_error=result.error_message, updated_at=now)
-        await enqueue_delivery(ctx["redis"], delivery.id, number + 1, defer_s=delay)
-    else:
-        status = DeliveryStatus.FAILED
-        reason = result.outcome.reason or "failed"
-        if result.outcome.kind == "retryable":
-            reason = "max_attempts_exceeded"
-        entry_id = await _dead_letter(delivery, endpoint, result, policy, reason, dlq_id)
-        events.append({"type": "dlq.changed", "id": entry_id, "status": "active"})
-    events.insert(0, {"type": "delivery.updated", "id": delivery.id, "status": status.value})
-    await publish_events(ctx["redis"], events)
-    return status.value
+async def run_claimed(ctx: dict[str, Any], deliveries: list[Delivery],
+                      detach_after_s: float | None = DETACH_AFTER_S) -> dict[str, int]:
+    """Attempt claimed deliveries concurrently; record the finished ones together.
 
-
-async def _dead_letter(delivery: Delivery, endpoint: Any, result: AttemptResult,
-                       policy: RetryPolicy | None, reason: str, dlq_id: int | None) -> int:
-    """Mark the delivery failed and put it in the DLQ (exactly once).
-
-    A failed manual retry re-activates its original entry instead of adding a second one.
+    Waits while attempts keep finishing; once none finished for `IDLE_DETACH_S` (or
+    `detach_after_s` passed) the stragglers are detached and record themselves later.
     """
-    attempts = await Attempt.filter(delivery_id=delivery.id).order_by("number")
-    history = [{"attempt": a.number, "at": a.started_at.isoformat(), "status_code": a.status_code,
-                "error": a.error_class, "message": a.error_message,
-                "duration_ms": round(a.duration_ms, 1)} for a in attempts]
-    now = datetime.now(UTC)
-    async with in_transaction():
-        await Delivery.filter(id=delivery.id).update(
-            status=DeliveryStatus.FAILED, finished_at=now, last_status_code=result.status_code,
-            last_error=result.error_message or reason, updated_at=now)
-        if dlq_id:
-            entry = await DeadLetter.get(id=dlq_id)
-            await DeadLetter.filter(id=dlq_id).update(
-                status=DeadLetterStatus.ACTIVE, failure_reason=reason,
-                error_history=[*entry.error_history, *history],
-                attempts=entry.attempts + len(history), updated_at=now)
-            return dlq_id
-        entry, _ = await DeadLetter.get_or_create(
-            delivery_id=delivery.id,
-            defaults={
-                "message_id": delivery.message.id, "endpoint": endpoint,
-                "endpoint_url": endpoint.url if endpoint else "",
-                "failure_reason": reason, "error_history": history, "attempts": len(history),
-                "policy": policy.model_dump() if policy else {},
-                "metadata": {"event_type": delivery.message.event_type},
-            },
-        )
-    return entry.id
+    tasks = {asyncio.create_task(attempt_one(ctx, d)): d for d in deliveries}
+    try:
+        done, pending = await _wait_for_most(set(tasks), detach_after_s)
+    except asyncio.CancelledError:  # the job was cancelled (worker shutdown): hand all back
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.shield(asyncio.gather(*(release_claim(d.id) for d in deliveries)))
+        raise
+    counts = await record_outcomes(ctx, [_finished(t, tasks[t]) for t in done])
+    for task in pending:
+        _detach(ctx, task, tasks[task])
+    return {**counts, "detached": len(pending)}
 
 
-STALE_RUNNING_S = ATTEMPT_DEADLINE_S + 90  # past arq's job_timeout + in-progress key expiry
+async def _wait_for_most(pending: set[asyncio.Task[Finished]], limit_s: float | None
+                         ) -> tuple[set[asyncio.Task[Finished]], set[asyncio.Task[Finished]]]:
+    if limit_s is None:
+        return await asyncio.wait(pending)
+    done: set[asyncio.Task[Finished]] = set()
+    deadline = time.monotonic() + limit_s
+    while pending and (left := deadline - time.monotonic()) > 0:
+        finished, pending = await asyncio.wait(pending, timeout=min(IDLE_DETACH_S, left),
+                                               return_when=asyncio.FIRST_COMPLETED)
+        if not finished:
+            break
+        done |= finished
+    return done, pending
+
+
+def _finished(task: asyncio.Task[Finished], delivery: Delivery) -> Finished:
+    """The task's outcome; a bug in our own code becomes a retryable `internal_error`."""
+    if (exc := task.exception()) is None:
+        return task.result()
+    log.error("attempt of delivery %s crashed", delivery.id, exc_info=exc)
+    return Finished(delivery, AttemptResult(
+        started_at=datetime.now(UTC), duration_ms=0.0, outcome=Outcome("retryable", "internal_error"),
+        error_message=f"{type(exc).__name__}: {exc}"))
+
+
+def _detach(ctx: dict[str, Any], task: asyncio.Task[Finished], delivery: Delivery) -> None:
+    async def finish_later() -> None:
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            task.cancel()
+            await asyncio.shield(release_claim(delivery.id))
+            raise
+        await record_outcomes(ctx, [_finished(task, delivery)])
+
+    detached: set[asyncio.Task[None]] = ctx["detached"]
+    follow = asyncio.create_task(finish_later())
+    follow.delivery_id = delivery.id  # type: ignore[attr-defined]
+    detached.add(follow)
+    follow.add_done_callback(detached.discard)
+
+
+async def stop_detached(ctx: dict[str, Any], grace_s: float = 5.0) -> None:
+    """On worker shutdown: let detached attempts finish briefly, then cancel and re-enqueue."""
+    detached: set[asyncio.Task[None]] = ctx.get("detached", set())
+    if not detached:
+        return
+    _, pending = await asyncio.wait(set(detached), timeout=grace_s)
+    ids = [t.delivery_id for t in pending]  # type: ignore[attr-defined]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    if ids:
+        await enqueue_batch(ctx["redis"], ids)
+
+
+async def deliver_batch(ctx: dict[str, Any], delivery_ids: list[int]) -> dict[str, int]:
+    """arq job (fast lane): first attempts of up to a batch of deliveries."""
+    deliveries = await claim(delivery_ids)
+    if not deliveries:
+        return {"claimed": 0}
+    return {"claimed": len(deliveries), **await run_claimed(ctx, deliveries)}
+
+
+async def deliver(ctx: dict[str, Any], delivery_id: int) -> str:
+    """arq job: the next attempt of one delivery (retries, the reconciler, manual retries)."""
+    deliveries = await claim([delivery_id])
+    if not deliveries:
+        return "skipped"
+    counts = await run_claimed(ctx, deliveries)
+    return next((k for k in counts if counts[k] and k != "detached"), "detached")
 
 
 async def recover_stale_running(ctx: dict[str, Any], older_than_s: float = STALE_RUNNING_S) -> int:
@@ -261,18 +201,16 @@ async def recover_stale_running(ctx: dict[str, Any], older_than_s: float = STALE
     """
     now = datetime.now(UTC)
     cutoff = now - timedelta(seconds=older_than_s)
-    recovered = 0
-    for delivery in await Delivery.filter(status=DeliveryStatus.RUNNING, updated_at__lt=cutoff
-                                          ).select_related("message", "endpoint"):
+    stale = await Delivery.filter(status=DeliveryStatus.RUNNING, updated_at__lt=cutoff
+                                  ).select_related("message", "endpoint")
+    finished = []
+    for delivery in stale:
         taken = await Delivery.filter(id=delivery.id, status=DeliveryStatus.RUNNING,
                                       updated_at__lt=cutoff).update(updated_at=now)
-        if not taken:
-            continue
-        lost = AttemptResult(started_at=delivery.updated_at, duration_ms=0.0,
-                             outcome=Outcome("retryable", "worker_lost"),
-                             error_message="the worker stopped during this attempt")
-        endpoint = delivery.endpoint
-        await _finish(ctx, delivery, endpoint, lost,
-                      policy_for(endpoint.retry_config) if endpoint else None)
-        recovered += 1
-    return recovered
+        if taken:
+            finished.append(Finished(delivery, AttemptResult(
+                started_at=delivery.updated_at, duration_ms=0.0,
+                outcome=Outcome("retryable", "worker_lost"),
+                error_message="the worker stopped during this attempt")))
+    await record_outcomes(ctx, finished)
+    return len(finished)

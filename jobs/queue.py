@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
 from models.config import get_settings
+
+
+BATCH_SIZE = 50  # deliveries per fast-lane job (DESIGN.md "Performance facts")
 
 
 def queue_name() -> str:
@@ -35,3 +40,17 @@ async def enqueue_delivery(redis: ArqRedis, delivery_id: int, attempt: int = 1,
         "deliver", delivery_id, _job_id=f"{delivery_id}:{attempt}", _queue_name=queue_name(),
         _defer_by=defer_s if defer_s else None,
     )
+
+
+async def enqueue_batch(redis: ArqRedis, delivery_ids: Iterable[int],
+                        batch_size: int = BATCH_SIZE) -> int:
+    """Hand first attempts to the fast lane: one `deliver_batch` job per `batch_size` ids.
+
+    A delivery handed out twice is still delivered once (the batch claims it with a CAS).
+    Returns the number of jobs enqueued.
+    """
+    ids = list(delivery_ids)
+    chunks = [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
+    for chunk in chunks:
+        await redis.enqueue_job("deliver_batch", chunk, _queue_name=queue_name())
+    return len(chunks)

@@ -6,6 +6,8 @@ import base64
 import hashlib
 import hmac
 import secrets
+from datetime import UTC, datetime
+from typing import Any
 
 SECRET_PREFIX = "whsec_"
 
@@ -34,3 +36,12 @@ def signature_headers(secrets_: list[str], msg_id: str, timestamp: int, body: by
         "webhook-timestamp": str(timestamp),
         "webhook-signature": " ".join(sign(s, msg_id, timestamp, body) for s in secrets_),
     }
+
+
+def signing_secrets(endpoint: Any, now: datetime | None = None) -> list[str]:
+    """The endpoint's secret, plus the previous one while its rotation grace period lasts."""
+    secrets_ = [endpoint.secret]
+    expires = getattr(endpoint, "previous_secret_expires_at", None)
+    if endpoint.previous_secret and expires and expires > (now or datetime.now(UTC)):
+        secrets_.append(endpoint.previous_secret)
+    return secrets_

@@ -10,7 +10,8 @@ from typing import Any
 from arq.connections import RedisSettings
 
 from jobs.cron import arq_cron_jobs, register_cron_jobs
-from jobs.deliver import ATTEMPT_DEADLINE_S, deliver
+from jobs.attempt import ATTEMPT_DEADLINE_S
+from jobs.deliver import deliver, deliver_batch, init_context, stop_detached
 from jobs.heartbeats import beat, heartbeat_loop, worker_id
 from jobs.http import make_client
 from jobs.queue import queue_name as _queue_name
@@ -39,6 +40,7 @@ _configure_logging()
 async def startup(ctx: dict[str, Any]) -> None:
     await init_db()
     ctx["http"] = make_client()
+    init_context(ctx)
     ctx["agent_id"] = worker_id()
     await register_cron_jobs()
     await beat(ctx["agent_id"], ctx["redis"])
@@ -53,6 +55,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     if agent_id := ctx.get("agent_id"):
         with contextlib.suppress(Exception):
             await beat(agent_id, ctx["redis"], status=AgentStatus.STOPPED)
+    await stop_detached(ctx)
     if client := ctx.get("http"):
         await client.aclose()
     await close_db()
@@ -63,7 +66,7 @@ def _redis_settings() -> RedisSettings:
 
 
 class WorkerSettings:
-    functions = [deliver]
+    functions = [deliver_batch, deliver]
     cron_jobs = arq_cron_jobs()
     on_startup = startup
     on_shutdown = shutdown

@@ -45,6 +45,8 @@ class Delivery(Model):
         "models.BulkOperation", related_name="deliveries", null=True, on_delete=fields.SET_NULL
     )
     metadata = fields.JSONField(default=dict)
+    # set by the batch that claimed it (compare-and-set), so the claimer can read its rows back
+    claim_token = fields.CharField(max_length=36, null=True, db_index=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
     finished_at = fields.DatetimeField(null=True)
@@ -68,7 +70,7 @@ class Attempt(Model):
     outcome = fields.CharField(max_length=16)  # success | retryable | final
     error_class = fields.CharField(max_length=64, null=True)  # stable failure reason code
     error_message = fields.TextField(null=True)
-    response_excerpt = fields.TextField(null=True)  # bounded (jobs.deliver.EXCERPT_BYTES)
+    response_excerpt = fields.TextField(null=True)  # bounded (jobs.attempt.EXCERPT_BYTES)
 
     class Meta:
         table = "attempt"

@@ -120,6 +120,7 @@ async def run_worker(redis, db) -> AsyncIterator:
     empty (deferred retries included), on the test Redis and database."""
     from arq.worker import Worker
 
+    from jobs.deliver import init_context, stop_detached
     from jobs.http import make_client
     from jobs.queue import redis_settings
     from jobs.worker import WorkerSettings
@@ -128,12 +129,17 @@ async def run_worker(redis, db) -> AsyncIterator:
 
     async def startup(ctx: dict) -> None:
         ctx["http"] = make_client()
+        init_context(ctx)
         clients.append(ctx["http"])
+
+    async def shutdown(ctx: dict) -> None:
+        await stop_detached(ctx)
 
     async def run(**overrides) -> Worker:
         worker = Worker(
             functions=WorkerSettings.functions, queue_name=WorkerSettings.queue_name,
             redis_settings=redis_settings(), burst=True, poll_delay=0, on_startup=startup,
+            on_shutdown=shutdown,
             max_tries=WorkerSettings.max_tries, job_timeout=WorkerSettings.job_timeout,
             handle_signals=False, **overrides,
         )

@@ -10,7 +10,7 @@ from tortoise.transactions import in_transaction
 
 from jobs.errors import NotFoundError
 from jobs.events import publish_events
-from jobs.queue import enqueue_delivery
+from jobs.queue import enqueue_batch
 from models.deliveries import Delivery, Message
 from models.endpoints import Application, Endpoint
 from models.enums import DeliveryStatus
@@ -31,7 +31,9 @@ class PublishResult(TypedDict):
 
 
 def _subscribed(endpoint: Endpoint, event_type: str) -> bool:
-    return endpoint.enabled and (not endpoint.event_types or event_type in endpoint.event_types)
+    # a disabled endpoint still gets its deliveries: they go straight to the DLQ
+    # (`endpoint_disabled`), so nothing is silently dropped
+    return not endpoint.event_types or event_type in endpoint.event_types
 
 
 async def _existing(app_id: int, idempotency_key: str) -> PublishResult | None:
@@ -68,8 +70,7 @@ async def publish_message(app_id: int, event_type: str, payload: Any,
         if idempotency_key and (first := await _existing(app_id, idempotency_key)):
             return first  # a concurrent publish of the same key won
         raise
-    for delivery in deliveries:
-        await enqueue_delivery(redis, delivery.id)
+    await enqueue_batch(redis, [d.id for d in deliveries])
     await publish_events(redis, [{"type": "delivery.updated", "id": d.id, "status": "queued"}
                                  for d in deliveries])
     return PublishResult(

@@ -1,0 +1,181 @@
+"""Recording what a batch of attempts came to: Attempt rows, delivery states, retries, the DLQ
+and endpoint health — in a few statements per batch, with one round of events."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tortoise.expressions import F
+from tortoise.transactions import in_transaction
+
+from jobs.attempt import AttemptResult
+from jobs.events import publish_events
+from jobs.policy import RetryPolicy, policy_for
+from jobs.queue import enqueue_delivery
+from models.dead_letters import DeadLetter
+from models.deliveries import Attempt, Delivery
+from models.endpoints import Endpoint
+from models.enums import DeadLetterStatus, DeliveryStatus
+
+#: an endpoint failing without a single success for this long is disabled (Svix: 5 days)
+DISABLE_AFTER_FAILING_S = 5 * 24 * 3600.0
+#: ... and only after at least this many failed attempts in that run
+DISABLE_AFTER_FAILURES = 10
+#: failure reasons that describe the endpoint, not the message (they count against its health)
+_NOT_ENDPOINT_FAULTS = {"endpoint_disabled", "endpoint_deleted", "aborted_by_receiver"}
+
+
+@dataclass
+class Finished:
+    """One delivery's attempt outcome, ready to record."""
+
+    delivery: Delivery
+    result: AttemptResult
+    attempted: bool = True  # False when refused before any request (no Attempt row)
+
+
+def _dlq_id(delivery: Delivery) -> int | None:
+    return (delivery.metadata or {}).get("__retry_metadata", {}).get("dead_letter_id")
+
+
+async def record_outcomes(ctx: dict[str, Any], finished: list[Finished]) -> dict[str, int]:
+    """Persist a batch of outcomes; returns counts per resulting status."""
+    if not finished:
+        return {}
+    now = datetime.now(UTC)
+    await Attempt.bulk_create([
+        Attempt(delivery_id=f.delivery.id, number=f.delivery.attempts,
+                started_at=f.result.started_at, duration_ms=f.result.duration_ms,
+                status_code=f.result.status_code, outcome=f.result.outcome.kind,
+                error_class=f.result.outcome.reason, error_message=f.result.error_message,
+                response_excerpt=f.result.excerpt)
+        for f in finished if f.attempted])
+    events: list[dict[str, Any]] = []
+    counts: dict[str, int] = defaultdict(int)
+    succeeded = [f for f in finished if f.result.outcome.ok]
+    by_code: dict[int | None, list[int]] = defaultdict(list)
+    for f in succeeded:
+        by_code[f.result.status_code].append(f.delivery.id)
+    for code, ids in by_code.items():  # usually one statement: every receiver said 200
+        await Delivery.filter(id__in=ids).update(
+            status=DeliveryStatus.SUCCEEDED, finished_at=now, last_error=None, updated_at=now,
+            last_status_code=code)
+    if succeeded:
+        if resolved := [i for f in succeeded if (i := _dlq_id(f.delivery))]:
+            await DeadLetter.filter(id__in=resolved, status=DeadLetterStatus.RETRYING).update(
+                status=DeadLetterStatus.RESOLVED, resolved_at=now, updated_at=now)
+            events += [{"type": "dlq.changed", "id": i, "status": "resolved"} for i in resolved]
+        counts["succeeded"] = len(succeeded)
+    updates = [{"type": "delivery.updated", "id": f.delivery.id, "status": "succeeded"}
+               for f in succeeded]
+    for f in finished:
+        if f.result.outcome.ok:
+            continue
+        status, entry_id = await _record_failure(ctx, f, now)
+        counts[status.value] += 1
+        updates.append({"type": "delivery.updated", "id": f.delivery.id, "status": status.value})
+        if entry_id:
+            events.append({"type": "dlq.changed", "id": entry_id, "status": "active"})
+    await _update_health(finished, now)
+    events = updates + events
+    await publish_events(ctx["redis"], events)
+    return dict(counts)
+
+
+async def _record_failure(ctx: dict[str, Any], f: Finished,
+                          now: datetime) -> tuple[DeliveryStatus, int | None]:
+    delivery, result = f.delivery, f.result
+    endpoint: Endpoint | None = delivery.endpoint
+    policy = policy_for(endpoint.retry_config) if endpoint else None
+    number = delivery.attempts
+    if result.outcome.kind == "retryable" and policy and number < policy.max_attempts:
+        delay = policy.delay(number)
+        if result.retry_after_s is not None:
+            delay = min(max(delay, result.retry_after_s), policy.max_delay)
+        await Delivery.filter(id=delivery.id).update(
+            status=DeliveryStatus.RETRYING, next_attempt_at=now + timedelta(seconds=delay),
+            last_status_code=result.status_code, last_error=result.error_message, updated_at=now)
+        await enqueue_delivery(ctx["redis"], delivery.id, number + 1, defer_s=delay)
+        return DeliveryStatus.RETRYING, None
+    reason = result.outcome.reason or "failed"
+    if result.outcome.kind == "retryable":
+        reason = "max_attempts_exceeded"
+    entry_id = await dead_letter(delivery, endpoint, result, policy, reason, _dlq_id(delivery))
+    return DeliveryStatus.FAILED, entry_id
+
+
+async def dead_letter(delivery: Delivery, endpoint: Endpoint | None, result: AttemptResult,
+                      policy: RetryPolicy | None, reason: str, dlq_id: int | None) -> int:
+    """Mark the delivery failed and put it in the DLQ (exactly once).
+
+    A failed manual retry re-activates its original entry instead of adding a second one.
+    """
+    attempts = await Attempt.filter(delivery_id=delivery.id).order_by("number")
+    history = [{"attempt": a.number, "at": a.started_at.isoformat(), "status_code": a.status_code,
+                "error": a.error_class, "message": a.error_message,
+                "duration_ms": round(a.duration_ms, 1)} for a in attempts]
+    if not history:  # refused before any request
+        history = [{"attempt": 0, "at": result.started_at.isoformat(), "status_code": None,
+                    "error": reason, "message": result.error_message, "duration_ms": 0.0}]
+    now = datetime.now(UTC)
+    async with in_transaction():
+        await Delivery.filter(id=delivery.id).update(
+            status=DeliveryStatus.FAILED, finished_at=now, last_status_code=result.status_code,
+            last_error=result.error_message or reason, updated_at=now)
+        if dlq_id:
+            entry = await DeadLetter.get(id=dlq_id)
+            await DeadLetter.filter(id=dlq_id).update(
+                status=DeadLetterStatus.ACTIVE, failure_reason=reason,
+                error_history=[*entry.error_history, *history],
+                attempts=entry.attempts + len(attempts), updated_at=now)
+            return dlq_id
+        entry, _ = await DeadLetter.get_or_create(
+            delivery_id=delivery.id,
+            defaults={
+                "message_id": delivery.message.id, "endpoint": endpoint,
+                "endpoint_url": endpoint.url if endpoint else "",
+                "failure_reason": reason, "error_history": history, "attempts": len(attempts),
+                "policy": policy.model_dump() if policy else {},
+                "metadata": {"event_type": delivery.message.event_type},
+            },
+        )
+    return entry.id
+
+
+async def _update_health(finished: list[Finished], now: datetime) -> None:
+    """A success heals its endpoint; failures extend its failing run; 410 or a long run of
+    failures disables it (new deliveries then go straight to the DLQ)."""
+    healthy = {f.delivery.endpoint.id for f in finished  # type: ignore[union-attr]
+               if f.result.outcome.ok and f.delivery.endpoint}
+    failing: dict[int, int] = defaultdict(int)
+    gone: set[int] = set()
+    for f in finished:
+        endpoint = f.delivery.endpoint
+        if endpoint is None or f.result.outcome.ok or not f.attempted:
+            continue
+        if f.result.outcome.reason == "endpoint_gone":
+            gone.add(endpoint.id)
+        elif f.result.outcome.reason not in _NOT_ENDPOINT_FAULTS:
+            failing[endpoint.id] += 1
+    if healthy:
+        await Endpoint.filter(id__in=healthy, consecutive_failures__gt=0).update(
+            consecutive_failures=0, failing_since=None)
+    for endpoint_id, n in failing.items():
+        if endpoint_id in healthy:
+            continue
+        await Endpoint.filter(id=endpoint_id, failing_since=None).update(failing_since=now)
+        await Endpoint.filter(id=endpoint_id).update(
+            consecutive_failures=F("consecutive_failures") + n)
+    cutoff = now - timedelta(seconds=DISABLE_AFTER_FAILING_S)
+    if failing:
+        await Endpoint.filter(id__in=list(failing), enabled=True, failing_since__lte=cutoff,
+                              consecutive_failures__gte=DISABLE_AFTER_FAILURES).update(
+            enabled=False, disabled_at=now,
+            disabled_reason=f"failing for more than {DISABLE_AFTER_FAILING_S / 86400:g} days")
+    if gone:
+        await Endpoint.filter(id__in=gone, enabled=True).update(
+            enabled=False, disabled_at=now,
+            disabled_reason="the receiver answered 410 Gone")
