@@ -15,9 +15,9 @@ from dashboard import runtime
 from dashboard.api.auth import require_user
 from dashboard.api.errors import EXCEPTION_HANDLERS, ApiError
 from dashboard.api.openapi import build_openapi
-from dashboard.api.schemas import AppIn, EndpointIn, MessageIn
+from dashboard.api.schemas import AppIn, EndpointIn, MessageBatchIn, MessageIn
 from jobs.errors import NotFoundError
-from jobs.operations.publish import publish_message
+from jobs.operations.publish import publish_message, publish_messages
 from jobs.operations.retry import retry_dead_letter
 from jobs.signing import generate_secret
 from models import queries
@@ -131,6 +131,16 @@ async def publish(request: Request) -> JSONResponse:
     return JSONResponse(result, status_code=200 if result["idempotent_replay"] else 202)
 
 
+async def publish_batch(request: Request) -> JSONResponse:
+    """Publish up to 1,000 messages at once; results per item, in order. Operator."""
+    await _prepare(request, Role.OPERATOR)
+    body = await _body(request, MessageBatchIn)
+    results = await publish_messages([m.model_dump() for m in body.messages],
+                                     redis=await runtime.get_redis())
+    return JSONResponse({"results": results}, status_code=207 if not all(
+        r["ok"] for r in results) else 202)
+
+
 async def get_delivery(request: Request) -> JSONResponse:
     """One delivery with its attempts."""
     await _prepare(request, Role.VIEWER)
@@ -200,6 +210,7 @@ routes = [
     Route("/v1/endpoints", create_endpoint, methods=["POST"]),
     Route("/v1/endpoints", list_endpoints, methods=["GET"]),
     Route("/v1/messages", publish, methods=["POST"]),
+    Route("/v1/messages/batch", publish_batch, methods=["POST"]),
     Route("/v1/deliveries/{id:int}", get_delivery, methods=["GET"]),
     Route("/v1/dlq", list_dlq, methods=["GET"]),
     Route("/v1/dlq/{id:int}", get_dlq_entry, methods=["GET"]),
@@ -207,7 +218,8 @@ routes = [
 ]
 
 OPENAPI = build_openapi(
-    routes, bodies={"create_app": AppIn, "create_endpoint": EndpointIn, "publish": MessageIn},
+    routes, bodies={"create_app": AppIn, "create_endpoint": EndpointIn, "publish": MessageIn,
+            "publish_batch": MessageBatchIn},
     public={"/v1/health", "/v1/openapi.json"})
 
 api = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]

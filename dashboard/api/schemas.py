@@ -39,3 +39,7 @@ class MessageIn(_Body):
     event_type: str = Field(min_length=1, max_length=200)
     payload: Any
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+
+
+class MessageBatchIn(_Body):
+    messages: list[MessageIn] = Field(min_length=1, max_length=1000)

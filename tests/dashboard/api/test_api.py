@@ -174,3 +174,36 @@ async def test_openapi_document_lists_routes_and_bodies(client):
         "/MessageIn")
     assert "security" not in doc["paths"]["/v1/health"]["get"]
     assert doc["paths"]["/v1/dlq/{id}/retry"]["post"]["security"] == [{"bearer": []}]
+
+
+async def test_batch_publish_gives_per_item_results(client, tokens, receiver, run_worker):
+    endpoint = await make_endpoint(receiver.url("/ok"))
+    messages = [{"app_id": endpoint.app_id, "event_type": "x", "payload": {"n": i},
+                 "idempotency_key": f"b{i}"} for i in range(120)]
+    messages.append({"app_id": 999_999, "event_type": "x", "payload": {}})
+    response = await client.post("/v1/messages/batch", json={"messages": messages},
+                                 headers=auth(tokens["operator"]))
+    assert response.status_code == 207
+    results = response.json()["results"]
+    assert [r["index"] for r in results] == list(range(121))
+    assert all(r["ok"] for r in results[:120]) and not results[120]["ok"]
+    assert results[120]["error"]["code"] == "not_found"
+    assert len({r["message"]["deliveries"][0]["id"] for r in results[:120]}) == 120
+    await run_worker()
+    assert len(receiver.hits("/ok")) == 120
+    again = await client.post("/v1/messages/batch", json={"messages": messages[:3]},
+                              headers=auth(tokens["operator"]))
+    assert [r["message"]["id"] for r in again.json()["results"]] == [
+        r["message"]["id"] for r in results[:3]]  # idempotency keys replay
+    assert await Delivery.all().count() == 120
+
+
+async def test_batch_publish_validates_size_and_items(client, tokens):
+    too_many = [{"app_id": 1, "event_type": "x", "payload": {}}] * 1001
+    response = await client.post("/v1/messages/batch", json={"messages": too_many},
+                                 headers=auth(tokens["operator"]))
+    assert response.status_code == 422
+    bad = await client.post("/v1/messages/batch", json={"messages": [{"app_id": 1}]},
+                            headers=auth(tokens["operator"]))
+    assert {f["field"] for f in bad.json()["error"]["details"]["fields"]} >= {
+        "messages.0.event_type", "messages.0.payload"}

@@ -1,0 +1,228 @@
+"""Delivery throughput: the real engine end to end vs raw loops on the same receiver.
+
+    .venv/bin/python -m bench.deliveries [--n 20000] [--workers 1] [--database-url URL]
+    .venv/bin/python -m bench.deliveries --isolation   # 10 endpoints, one answering after 10 s
+
+Engine: batch publish → Delivery rows → fast lane (arq workers started with the arq CLI) →
+the receiver (a separate process on 127.0.0.1) → Attempt rows and outcomes; its rate is
+deliveries / (last finished − first attempt started), so publishing and worker start-up are
+not counted. Raw loops post the same payloads with the engine's own client (httpx over
+aiohttp) and with plain aiohttp, 64 at a time. Peak RSS is sampled over the worker processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+from jobs.embedded_redis import EmbeddedRedis, free_port
+
+PAYLOAD = {"blob": "x" * 900, "kind": "bench"}  # ~1 KB JSON body with the envelope
+CONCURRENCY = 64
+
+
+def _env(args: argparse.Namespace, tmp: Path, redis_url: str) -> dict[str, str]:
+    return {**os.environ, "DATABASE_URL": args.database_url or f"sqlite://{tmp / 'bench.db'}",
+            "REDIS_URL": redis_url, "OBSERVATORY_DATA_DIR": str(tmp),
+            "OBSERVATORY_NAMESPACE": f"bench-{os.getpid()}",
+            "OBSERVATORY_DESTINATION_ALLOWLIST": "127.0.0.0/8"}
+
+
+async def _raw_loop(n: int, url: str, make_post) -> float:
+    body = json.dumps(PAYLOAD).encode()
+    sem = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(post) -> None:
+        async with sem:
+            await post(url, body)
+
+    async with make_post() as post:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(post) for _ in range(n)))
+        return n / (time.perf_counter() - t0)
+
+
+class _Engine:
+    def __init__(self) -> None:
+        from jobs.http import make_client
+        self.client = make_client()
+
+    async def __aenter__(self):
+        async def post(url: str, body: bytes) -> None:
+            response = await self.client.post(url, content=body,
+                                              headers={"content-type": "application/json"})
+            assert response.status_code == 200
+        return post
+
+    async def __aexit__(self, *exc) -> None:
+        await self.client.aclose()
+
+
+class _Aiohttp:
+    async def __aenter__(self):
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENCY))
+
+        async def post(url: str, body: bytes) -> None:
+            async with self.session.post(url, data=body,
+                                         headers={"content-type": "application/json"}) as r:
+                await r.read()
+                assert r.status == 200
+        return post
+
+    async def __aexit__(self, *exc) -> None:
+        await self.session.close()
+
+
+async def _setup(urls: list[str]) -> int:
+    from jobs.signing import generate_secret
+    from models.db import init_db, migrate_db
+    from models.endpoints import Application, Endpoint
+
+    await migrate_db()
+    await init_db()
+    app = await Application.create(name=f"bench-{time.time()}")
+    for url in urls:
+        await Endpoint.create(app=app, url=url, secret=generate_secret(), max_in_flight=64)
+    return app.id
+
+
+async def _publish(app_id: int, n: int) -> float:
+    from jobs.operations.publish import publish_messages
+    from jobs.queue import connect
+
+    redis = await connect()
+    t0 = time.perf_counter()
+    for start in range(0, n, 1000):
+        items = [{"app_id": app_id, "event_type": "bench", "payload": PAYLOAD}
+                 for _ in range(min(1000, n - start))]
+        await publish_messages(items, redis=redis)
+    rate = n / (time.perf_counter() - t0)
+    await redis.aclose()
+    return rate
+
+
+async def _wait_done(total: int, workers: list[subprocess.Popen[bytes]]) -> int:
+    from models.deliveries import Delivery
+    from models.enums import DeliveryStatus
+
+    procs = [psutil.Process(w.pid) for w in workers]
+    peak = 0
+    while True:
+        for proc in procs:
+            try:
+                peak = max(peak, proc.memory_info().rss)
+            except psutil.Error:
+                pass
+        done = await Delivery.filter(status__in=[DeliveryStatus.SUCCEEDED,
+                                                 DeliveryStatus.FAILED]).count()
+        if done >= total:
+            return peak
+        await asyncio.sleep(0.25)
+
+
+async def _rate(endpoint_ids: list[int] | None = None) -> float:
+    from tortoise import connections
+
+    conn = connections.get("default")
+    where = ""
+    if endpoint_ids:
+        where = f"WHERE d.endpoint_id IN ({','.join(map(str, endpoint_ids))})"
+    rows = await conn.execute_query_dict(
+        f"SELECT COUNT(*) AS n, MIN(a.started_at) AS t0, MAX(d.finished_at) AS t1 FROM delivery d "
+        f"JOIN attempt a ON a.delivery_id = d.id {where}")
+    row = rows[0]
+    t0, t1 = row["t0"], row["t1"]
+    if isinstance(t0, str):
+        from datetime import datetime
+        t0, t1 = datetime.fromisoformat(t0), datetime.fromisoformat(t1)
+    return row["n"] / (t1 - t0).total_seconds()
+
+
+def _start_workers(count: int, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
+    arq = str(Path(sys.executable).parent / "arq")
+    return [subprocess.Popen([arq, "jobs.worker.WorkerSettings"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(count)]
+
+
+async def run(args: argparse.Namespace, base_url: str) -> None:
+    from jobs.queue import connect
+    from models.endpoints import Endpoint
+
+    if args.isolation:
+        urls = [f"{base_url}/ok/{i}" for i in range(9)] + [f"{base_url}/slow/9"]
+    else:
+        urls = [f"{base_url}/ok/0"]
+    app_id = await _setup(urls)
+    redis = await connect()
+    await redis.flushdb()
+    await redis.aclose()
+    publish_rate = await _publish(app_id, args.n)
+    total = args.n * len(urls)
+    workers = _start_workers(args.workers, os.environ.copy())
+    try:
+        peak = await _wait_done(total if not args.isolation else total - args.n, workers)
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(30)
+    healthy = [e.id for e in await Endpoint.filter(app_id=app_id) if "/ok/" in e.url]
+    engine = await _rate(healthy)
+    print(f"publish (batch API op, {args.n} messages): {publish_rate:,.0f} messages/s")
+    print(f"engine end-to-end, {args.workers} worker(s), {len(healthy)} healthy endpoint(s): "
+          f"{engine:,.0f} deliveries/s")
+    print(f"worker peak RSS: {peak / 2**20:,.0f} MB")
+    if not args.isolation:
+        raw = await _raw_loop(args.n, urls[0], _Engine)
+        plain = await _raw_loop(args.n, urls[0], _Aiohttp)
+        print(f"raw loop, engine client (httpx over aiohttp): {raw:,.0f} deliveries/s")
+        print(f"raw loop, plain aiohttp: {plain:,.0f} deliveries/s")
+        print(f"engine / same-transport raw loop: {engine / raw:.2f}")
+        print(f"engine / plain aiohttp loop: {engine / plain:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20_000, help="messages (one delivery each per endpoint)")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--database-url", default="", help="default: a temporary SQLite file")
+    parser.add_argument("--isolation", action="store_true",
+                        help="10 endpoints, one answering after 10 s (use e.g. --n 2000)")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="observatory-bench-"))
+    redis = EmbeddedRedis(tmp / "redis").start()
+    port = free_port()
+    sink = subprocess.Popen([sys.executable, "-m", "bench.receiver", "--port", str(port)])
+    os.environ.update(_env(args, tmp, redis.url + "/0"))
+    try:
+        if args.database_url.startswith("postgres"):
+            asyncio.run(_reset_postgres(args.database_url))
+        time.sleep(0.5)
+        asyncio.run(run(args, f"http://127.0.0.1:{port}"))
+    finally:
+        sink.terminate()
+        sink.wait(10)
+        redis.stop()
+
+
+async def _reset_postgres(url: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgres://", "postgresql://", 1))
+    await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+    await conn.close()
+
+
+if __name__ == "__main__":
+    main()
