@@ -150,9 +150,11 @@ async def _rate(endpoint_ids: list[int] | None = None) -> float:
 
 def _start_workers(count: int, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
     arq = str(Path(sys.executable).parent / "arq")
+    logs = Path(env["OBSERVATORY_DATA_DIR"])
     return [subprocess.Popen([arq, "jobs.worker.WorkerSettings"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for _ in range(count)]
+                             stdout=open(logs / f"worker-{i}.log", "wb"),  # noqa: SIM115
+                             stderr=subprocess.STDOUT)
+            for i in range(count)]
 
 
 async def run(args: argparse.Namespace, base_url: str) -> None:
@@ -176,7 +178,11 @@ async def run(args: argparse.Namespace, base_url: str) -> None:
         for worker in workers:
             worker.terminate()
         for worker in workers:
-            worker.wait(30)
+            try:
+                worker.wait(15)
+            except subprocess.TimeoutExpired:  # see README "Known issues": arq shutdown
+                worker.kill()
+                worker.wait()
     healthy = [e.id for e in await Endpoint.filter(app_id=app_id) if "/ok/" in e.url]
     engine = await _rate(healthy)
     print(f"publish (batch API op, {args.n} messages): {publish_rate:,.0f} messages/s")

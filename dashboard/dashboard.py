@@ -9,7 +9,7 @@ import reflex as rx
 
 from dashboard import routes, runtime
 from dashboard.api.app import api
-from dashboard.pages import scheduler
+from dashboard.pages import endpoints, scheduler
 from dashboard.relay import live_relay
 from models.db import close_db
 
@@ -53,6 +53,8 @@ app = rx.App(
 for route in (routes.HOME, routes.SCHEDULER):
     app.add_page(scheduler.scheduler_page, route=route, title=scheduler.TITLE,
                  on_load=scheduler.ON_LOAD)
+app.add_page(endpoints.endpoints_page, route=routes.ENDPOINTS, title=endpoints.TITLE,
+             on_load=endpoints.ON_LOAD)
 
 # Order matters: lifespan contexts exit in reverse, so the relay stops before the database.
 app.register_lifespan_task(database)

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 HOME = "/"
 SCHEDULER = "/scheduler"
+ENDPOINTS = "/endpoints"
 
 # Routes that show the Scheduler view (the operator's home); the live relay pushes to them.
 SCHEDULER_ROUTES = frozenset({HOME, SCHEDULER})
@@ -22,6 +23,7 @@ class NavItem(NamedTuple):
 # The header's navigation, in order. Add a view here when its page exists.
 NAV: tuple[NavItem, ...] = (
     NavItem("Scheduler", SCHEDULER, "calendar-clock"),
+    NavItem("Endpoints", ENDPOINTS, "webhook"),
 )
 
 

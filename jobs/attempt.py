@@ -14,6 +14,7 @@ import aiohttp
 import httpx
 
 from jobs.classify import Outcome, classify_error, classify_status
+from jobs.guard import DestinationBlockedError, blocked_reason
 
 EXCERPT_BYTES = 64 * 1024  # response body kept per attempt; the rest is discarded
 ATTEMPT_DEADLINE_S = 30.0  # total per attempt, shorter than the worker's job_timeout
@@ -76,7 +77,13 @@ async def post_once(client: httpx.AsyncClient, url: str, body: bytes,
                 raw = await _read_capped(response)
             finally:
                 await response.aclose()
+    except DestinationBlockedError as exc:  # the SSRF guard refused the address
+        return _failed(started, t0, "destination_blocked", str(exc))
+    except httpx.InvalidURL as exc:  # e.g. "http://0177.0.0.1/": not an HTTPError
+        return _failed(started, t0, "invalid_url", str(exc))
     except (TimeoutError, httpx.TimeoutException) as exc:
+        if reason := blocked_reason(exc):
+            return _failed(started, t0, "destination_blocked", reason)
         if isinstance(exc.__cause__, aiohttp.ClientConnectorError):
             # httpx-aiohttp 0.2 maps a refused connection to ConnectTimeout; it is not one.
             return _failed(started, t0, "connection_error", str(exc.__cause__))

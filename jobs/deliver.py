@@ -23,7 +23,9 @@ from jobs.attempt import ATTEMPT_DEADLINE_S, AttemptResult, no_attempt, post_onc
 from jobs.classify import Outcome
 from jobs.outcomes import Finished, record_outcomes
 from jobs.queue import enqueue_batch
+from jobs.metrics import DeliveryMetrics
 from jobs.signing import signing_secrets, signature_headers
+from jobs.tracing import attempt_span
 from models.deliveries import Delivery
 from models.enums import DeliveryStatus
 
@@ -31,6 +33,7 @@ log = logging.getLogger("observatory.deliver")
 
 DETACH_AFTER_S = 2.0  # a batch waits at most this long for its slowest members...
 IDLE_DETACH_S = 0.25  # ...or until none finished for this long, then detaches the rest
+STRAGGLER_FLUSH_S = 0.05  # detached attempts finishing within this window are recorded together
 DEFAULT_MAX_IN_FLIGHT = 16  # per endpoint and worker process, unless the endpoint says
 STALE_RUNNING_S = ATTEMPT_DEADLINE_S + 90  # past arq's job_timeout + in-progress key expiry
 _CLAIMABLE = [DeliveryStatus.QUEUED, DeliveryStatus.RETRYING]
@@ -64,6 +67,8 @@ def init_context(ctx: dict[str, Any]) -> None:
     """Worker-wide state shared by every job's ctx copy (arq copies ctx per job)."""
     ctx["endpoint_limits"] = {}
     ctx["detached"] = set()
+    ctx["straggler_buffer"] = []  # finished detached attempts waiting to be recorded together
+    ctx["metrics"] = DeliveryMetrics()  # flushed by jobs.metrics.start_flushing/stop_flushing
 
 
 def _limiter(ctx: dict[str, Any], endpoint: Any) -> asyncio.Semaphore:
@@ -81,21 +86,16 @@ async def attempt_one(ctx: dict[str, Any], delivery: Delivery) -> Finished:
     if not endpoint.enabled:
         return Finished(delivery, no_attempt("endpoint_disabled"), attempted=False)
     body = webhook_body(delivery.message)
+    span = attempt_span(delivery.id, delivery.attempts, endpoint.url, endpoint_id=endpoint.id,
+                        job_id=ctx.get("job_id"), end_on_exit=False)  # ended by record_outcomes
     async with _limiter(ctx, endpoint):
         headers = signature_headers(signing_secrets(endpoint), f"msg_{delivery.message.id}",
                                     int(time.time()), body)
-        result = await post_once(ctx["http"], endpoint.url, body, headers)
-    _log_attempt(ctx, delivery, result)
-    return Finished(delivery, result)
-
-
-def _log_attempt(ctx: dict[str, Any], delivery: Delivery, result: AttemptResult) -> None:
-    log.info(json.dumps({
-        "event": "attempt", "job_id": ctx.get("job_id"), "delivery_id": delivery.id,
-        "endpoint_id": delivery.endpoint.id if delivery.endpoint else None,
-        "attempt": delivery.attempts, "status": result.status_code,
-        "outcome": result.outcome.kind, "error": result.outcome.reason,
-        "duration_ms": round(result.duration_ms, 1)}))
+        with span:
+            result = await post_once(ctx["http"], endpoint.url, body, headers)
+    span.set_status(result.status_code)
+    span.set_outcome(result.outcome.kind, result.outcome.reason)
+    return Finished(delivery, result, span=span)
 
 
 async def run_claimed(ctx: dict[str, Any], deliveries: list[Delivery],
@@ -153,7 +153,7 @@ def _detach(ctx: dict[str, Any], task: asyncio.Task[Finished], delivery: Deliver
             task.cancel()
             await asyncio.shield(release_claim(delivery.id))
             raise
-        await record_outcomes(ctx, [_finished(task, delivery)])
+        await _record_soon(ctx, _finished(task, delivery))
 
     detached: set[asyncio.Task[None]] = ctx["detached"]
     follow = asyncio.create_task(finish_later())
@@ -162,7 +162,19 @@ def _detach(ctx: dict[str, Any], task: asyncio.Task[Finished], delivery: Deliver
     follow.add_done_callback(detached.discard)
 
 
-async def stop_detached(ctx: dict[str, Any], grace_s: float = 5.0) -> None:
+async def _record_soon(ctx: dict[str, Any], finished: Finished) -> None:
+    """Record stragglers together: the first to arrive waits briefly for others to join."""
+    buffer: list[Finished] = ctx["straggler_buffer"]
+    buffer.append(finished)
+    if len(buffer) > 1:
+        return  # the first one's flush takes this one too
+    await asyncio.sleep(STRAGGLER_FLUSH_S)
+    batch = buffer[:]
+    buffer.clear()
+    await record_outcomes(ctx, batch)
+
+
+async def stop_detached(ctx: dict[str, Any], grace_s: float = 3.0) -> None:
     """On worker shutdown: let detached attempts finish briefly, then cancel and re-enqueue."""
     detached: set[asyncio.Task[None]] = ctx.get("detached", set())
     if not detached:
@@ -172,6 +184,9 @@ async def stop_detached(ctx: dict[str, Any], grace_s: float = 5.0) -> None:
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
+    if leftovers := ctx["straggler_buffer"][:]:  # finished, but their flush was cancelled
+        ctx["straggler_buffer"].clear()
+        await record_outcomes(ctx, leftovers)
     if ids:
         await enqueue_batch(ctx["redis"], ids)
 

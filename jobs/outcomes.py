@@ -3,8 +3,10 @@ and endpoint health — in a few statements per batch, with one round of events.
 
 from __future__ import annotations
 
+import json
+import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,10 +17,13 @@ from jobs.attempt import AttemptResult
 from jobs.events import publish_events
 from jobs.policy import RetryPolicy, policy_for
 from jobs.queue import enqueue_delivery
+from jobs.tracing import NOOP_SPAN, NoopAttemptSpan
 from models.dead_letters import DeadLetter
 from models.deliveries import Attempt, Delivery
 from models.endpoints import Endpoint
 from models.enums import DeadLetterStatus, DeliveryStatus
+
+log = logging.getLogger("observatory.deliver")
 
 #: an endpoint failing without a single success for this long is disabled (Svix: 5 days)
 DISABLE_AFTER_FAILING_S = 5 * 24 * 3600.0
@@ -35,6 +40,24 @@ class Finished:
     delivery: Delivery
     result: AttemptResult
     attempted: bool = True  # False when refused before any request (no Attempt row)
+    span: NoopAttemptSpan = field(default=NOOP_SPAN)  # jobs.tracing; ended once recorded
+
+
+def _duration_s(f: Finished) -> float | None:
+    """The attempt's duration for the histogram; None when no request went out."""
+    return f.result.duration_ms / 1000 if f.attempted and f.result.duration_ms > 0 else None
+
+
+def _log_attempt(ctx: dict[str, Any], f: Finished, status: DeliveryStatus,
+                 delay_s: float | None = None) -> None:
+    delivery, result = f.delivery, f.result
+    log.info(json.dumps({
+        "event": "attempt", "job_id": ctx.get("job_id"), "delivery_id": delivery.id,
+        "endpoint_id": delivery.endpoint.id if delivery.endpoint else None,
+        "attempt": delivery.attempts, "status": result.status_code,
+        "outcome": result.outcome.kind, "error": result.outcome.reason,
+        "duration_ms": round(result.duration_ms, 1), "delivery_status": status.value,
+        "delay_ms": round(delay_s * 1000) if delay_s is not None else None}))
 
 
 def _dlq_id(delivery: Delivery) -> int | None:
@@ -69,6 +92,11 @@ async def record_outcomes(ctx: dict[str, Any], finished: list[Finished]) -> dict
                 status=DeadLetterStatus.RESOLVED, resolved_at=now, updated_at=now)
             events += [{"type": "dlq.changed", "id": i, "status": "resolved"} for i in resolved]
         counts["succeeded"] = len(succeeded)
+    metrics = ctx.get("metrics")
+    for f in succeeded:
+        if metrics is not None:
+            metrics.record("succeeded", None, _duration_s(f))
+        _log_attempt(ctx, f, DeliveryStatus.SUCCEEDED)
     updates = [{"type": "delivery.updated", "id": f.delivery.id, "status": "succeeded"}
                for f in succeeded]
     for f in finished:
@@ -82,6 +110,8 @@ async def record_outcomes(ctx: dict[str, Any], finished: list[Finished]) -> dict
     await _update_health(finished, now)
     events = updates + events
     await publish_events(ctx["redis"], events)
+    for f in finished:
+        f.span.end()
     return dict(counts)
 
 
@@ -99,11 +129,19 @@ async def _record_failure(ctx: dict[str, Any], f: Finished,
             status=DeliveryStatus.RETRYING, next_attempt_at=now + timedelta(seconds=delay),
             last_status_code=result.status_code, last_error=result.error_message, updated_at=now)
         await enqueue_delivery(ctx["redis"], delivery.id, number + 1, defer_s=delay)
+        f.span.set_delay(delay * 1000)
+        if (metrics := ctx.get("metrics")) is not None:
+            metrics.record("retrying", result.outcome.reason, _duration_s(f))
+            metrics.record_retry()
+        _log_attempt(ctx, f, DeliveryStatus.RETRYING, delay)
         return DeliveryStatus.RETRYING, None
     reason = result.outcome.reason or "failed"
     if result.outcome.kind == "retryable":
         reason = "max_attempts_exceeded"
     entry_id = await dead_letter(delivery, endpoint, result, policy, reason, _dlq_id(delivery))
+    if (metrics := ctx.get("metrics")) is not None:
+        metrics.record("failed", reason, _duration_s(f))
+    _log_attempt(ctx, f, DeliveryStatus.FAILED)
     return DeliveryStatus.FAILED, entry_id
 
 

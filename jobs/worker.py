@@ -14,6 +14,7 @@ from jobs.attempt import ATTEMPT_DEADLINE_S
 from jobs.deliver import deliver, deliver_batch, init_context, stop_detached
 from jobs.heartbeats import beat, heartbeat_loop, worker_id
 from jobs.http import make_client
+from jobs.metrics import start_flushing, stop_flushing
 from jobs.queue import queue_name as _queue_name
 from jobs.queue import redis_settings
 from models.config import get_settings
@@ -41,6 +42,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     await init_db()
     ctx["http"] = make_client()
     init_context(ctx)
+    start_flushing(ctx)
     ctx["agent_id"] = worker_id()
     await register_cron_jobs()
     await beat(ctx["agent_id"], ctx["redis"])
@@ -56,6 +58,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         with contextlib.suppress(Exception):
             await beat(agent_id, ctx["redis"], status=AgentStatus.STOPPED)
     await stop_detached(ctx)
+    await stop_flushing(ctx)  # after stop_detached: the stragglers' outcomes count too
     if client := ctx.get("http"):
         await client.aclose()
     await close_db()
@@ -78,5 +81,9 @@ class WorkerSettings:
     # shutdown cancelled (the delivery's claim was released, see jobs.deliver.release_claim).
     max_tries = 3
     keep_result = 60
+    # On SIGTERM stop taking jobs and let running ones finish (batches detach stragglers within
+    # seconds) instead of cancelling them: arq 0.28's close() raises when a cancelled job is
+    # cancelled again, skipping on_shutdown and leaving SQLite's thread to hold the process.
+    wait_for_job_completion_on_signal_second = 3
     poll_delay = 0.05
     health_check_key = f"{_queue_name()}:health-check"

@@ -133,7 +133,10 @@ async def run_worker(redis, db) -> AsyncIterator:
         clients.append(ctx["http"])
 
     async def shutdown(ctx: dict) -> None:
+        from jobs.metrics import stop_flushing
+
         await stop_detached(ctx)
+        await stop_flushing(ctx)
 
     async def run(**overrides) -> Worker:
         worker = Worker(

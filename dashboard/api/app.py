@@ -13,7 +13,9 @@ from starlette.routing import Route
 
 from dashboard import runtime
 from dashboard.api.auth import require_user
+from dashboard.api.endpoints import endpoint_bodies, endpoint_routes
 from dashboard.api.errors import EXCEPTION_HANDLERS, ApiError
+from dashboard.api.metrics import metrics_route
 from dashboard.api.openapi import build_openapi
 from dashboard.api.schemas import AppIn, EndpointIn, MessageBatchIn, MessageIn
 from jobs.errors import NotFoundError
@@ -215,11 +217,12 @@ routes = [
     Route("/v1/dlq", list_dlq, methods=["GET"]),
     Route("/v1/dlq/{id:int}", get_dlq_entry, methods=["GET"]),
     Route("/v1/dlq/{id:int}/retry", retry_dlq_entry, methods=["POST"]),
+    *endpoint_routes,
 ]
 
 OPENAPI = build_openapi(
     routes, bodies={"create_app": AppIn, "create_endpoint": EndpointIn, "publish": MessageIn,
-            "publish_batch": MessageBatchIn},
+            "publish_batch": MessageBatchIn, **endpoint_bodies},
     public={"/v1/health", "/v1/openapi.json"})
 
-api = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
+api = Starlette(routes=[*routes, metrics_route], exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]

@@ -220,3 +220,23 @@ async def _serve(handler) -> tuple[web.AppRunner, int]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+async def test_blocked_destinations_are_final_without_a_request(db, redis, receiver):
+    from jobs.deliver import init_context
+
+    urls = [receiver.url("/private").replace("127.0.0.1", "[::1]"),  # loopback v6, not allowlisted
+            "http://169.254.169.254/latest/meta-data", "http://2130706433/", "http://0177.0.0.1/"]
+    app = await Application.create(name="ssrf")
+    endpoints = [await make_endpoint(url, app=app) for url in urls]
+    async with make_client(allowlist="127.0.0.0/8") as client:
+        ctx = {"redis": redis, "http": client}
+        init_context(ctx)
+        result = await publish_message(app.id, "x", {}, redis=redis)
+        await deliver_batch(ctx, [d["id"] for d in result["deliveries"]])
+    reasons = {e.endpoint_id: e.failure_reason for e in await DeadLetter.all()}
+    assert reasons == {e.id: reasons[e.id] for e in endpoints}
+    assert set(reasons.values()) <= {"destination_blocked", "invalid_url"}
+    assert reasons[endpoints[0].id] == reasons[endpoints[1].id] == "destination_blocked"
+    assert all(e.attempts == 1 for e in await DeadLetter.all())  # final at once, no retries
+    assert receiver.hits("/private") == []

@@ -1,0 +1,256 @@
+"""Endpoints view: state handlers on the real database, and rendering of its pieces."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest_asyncio
+import reflex as rx
+
+from dashboard import routes, runtime
+from dashboard.components.endpoints import endpoint_row, retry_config_editor
+from dashboard.components.shell import header
+from dashboard.pages.endpoints import endpoints_page
+from dashboard.state.endpoints import (EndpointsState, endpoint_item, form_values,
+                                       no_errors)
+from dashboard.state.session import DASHBOARD_ACTOR
+from jobs.operations.endpoints import list_endpoints_overview
+from jobs.policy import DEFAULT_POLICY
+from models.audit import AuditLog
+from models.deliveries import Delivery, Message
+from models.endpoints import Application, Endpoint
+from models.enums import DeliveryStatus
+from tests.factories import FAST_POLICY, make_endpoint
+
+URL = "http://127.0.0.1:9/hook"
+
+
+@pytest_asyncio.fixture
+async def backend(db: str) -> AsyncIterator[None]:
+    yield
+    await runtime.close()
+
+
+async def loaded() -> tuple[rx.State, EndpointsState]:
+    """A fresh session after the page load, with its delta cleared."""
+    root = rx.State()
+    state = await root.get_state(EndpointsState)
+    await state.load()
+    root._clean()
+    return root, state
+
+
+async def run(handler: Any) -> list[Any]:
+    return [item async for item in handler]
+
+
+def toasts(items: list[Any]) -> str:
+    return " ".join(str(item) for item in items if item is not None)
+
+
+def row_of(state: EndpointsState, endpoint_id: int) -> dict[str, Any]:
+    [row] = [dict(r) for r in state.endpoints if r["id"] == endpoint_id]
+    return row
+
+
+async def test_page_load_lists_endpoints_with_health_load_and_success_labels(backend):
+    shop = await Application.create(name="shop")
+    ok = await make_endpoint(URL, app=shop, retry_config=None)
+    failing = await make_endpoint("http://127.0.0.1:9/b", app=shop,
+                                  failing_since=datetime(2025, 5, 4, 13, 2, 11, tzinfo=UTC))
+    await make_endpoint("http://127.0.0.1:9/c", enabled=False, disabled_reason="gone")
+    message = await Message.create(app=shop, event_type="order.paid", payload={})
+    now = datetime.now(UTC)
+    await Delivery.create(message=message, endpoint=ok, status=DeliveryStatus.RUNNING)
+    for status in (DeliveryStatus.SUCCEEDED, DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED):
+        await Delivery.create(message=message, endpoint=ok, status=status, finished_at=now)
+
+    _, state = await loaded()
+
+    assert (state.app_count, state.failing_count, state.disabled_count) == (2, 1, 1)
+    a = row_of(state, ok.id)
+    assert (a["health_label"], a["in_flight"], a["success_label"]) == ("Healthy", 1, "67 % of 3")
+    assert a["events_label"] == "All events" and a["retry_is_default"] is True
+    assert row_of(state, failing.id)["health_label"] == "Failing since May 04 13:02:11"
+    off = [r for r in state.endpoints if r["health"] == "disabled"][0]
+    assert (off["health_label"], off["reason_label"], off["success_label"]) == (
+        "Disabled", "gone", "—")
+    assert state.refreshed_at != ""
+
+
+async def test_disable_asks_for_a_reason_then_disables_and_audits(backend):
+    endpoint = await make_endpoint(URL)
+    root, state = await loaded()
+
+    state.ask_disable(endpoint.id)
+    assert (state.disable_id, state.disable_url) == (endpoint.id, URL)
+    assert (await Endpoint.get(id=endpoint.id)).enabled is True  # nothing until confirmed
+    state.set_disable_reason("receiver migrating")
+    handler = state.confirm_disable()
+    await anext(handler)  # the button is busy before the round trip
+    assert state.busy == [endpoint.id]
+    items = await run(handler)
+
+    assert "Endpoint disabled" in toasts(items)
+    assert (state.disable_id, state.busy) == (0, [])
+    assert row_of(state, endpoint.id)["health"] == "disabled"
+    stored = await Endpoint.get(id=endpoint.id)
+    assert (stored.enabled, stored.disabled_reason) == (False, "receiver migrating")
+    [audit] = await AuditLog.all()
+    assert (audit.action, audit.actor) == ("endpoint.disable", DASHBOARD_ACTOR)
+
+
+async def test_blank_reason_keeps_the_dialog_open_with_the_error(backend):
+    endpoint = await make_endpoint(URL)
+    _, state = await loaded()
+    state.ask_disable(endpoint.id)
+    state.set_disable_reason("   ")
+
+    items = await run(state.confirm_disable())
+
+    assert toasts(items) == ""
+    assert state.disable_id == endpoint.id and "say why" in state.disable_error
+    assert state.busy == []
+    assert (await Endpoint.get(id=endpoint.id)).enabled is True
+    assert not await AuditLog.exists()
+
+
+async def test_enable_re_enables_and_a_refusal_toasts_the_reason(backend):
+    endpoint = await make_endpoint(URL, enabled=False, disabled_reason="gone",
+                                   consecutive_failures=9)
+    _, first = await loaded()
+    _, other_tab = await loaded()
+
+    items = await run(first.enable(endpoint.id))
+    assert "Endpoint enabled" in toasts(items)
+    assert row_of(first, endpoint.id)["health"] == "healthy"
+    stored = await Endpoint.get(id=endpoint.id)
+    assert (stored.enabled, stored.consecutive_failures) == (True, 0)
+
+    refused = await run(other_tab.enable(endpoint.id))
+    assert "Could not enable the endpoint" in toasts(refused)
+    assert "already enabled" in toasts(refused) and '"error"' in toasts(refused)
+    assert row_of(other_tab, endpoint.id)["health"] == "healthy"  # reloaded: the truth
+    assert other_tab.busy == []
+    assert await AuditLog.filter(action="endpoint.enable").count() == 1
+
+
+async def test_retry_editor_shows_inline_errors_and_saves_nothing_until_valid(backend):
+    endpoint = await make_endpoint(URL)  # FAST_POLICY
+    root, state = await loaded()
+
+    await run(state.open_retry_editor(endpoint.id))
+    assert state.editor_id == endpoint.id and state.editor_is_default is False
+    assert state.retry_form == {"max_retries": "2", "backoff": "fixed", "base_delay": "1",
+                                "max_delay": "1"}
+
+    state.set_retry_field("max_retries", "12")
+    state.set_retry_field("base_delay", "30")  # now above max_delay (1)
+    assert "less than or equal to 10" in state.retry_errors["max_retries"]
+    assert state.retry_errors["max_delay"] == ""  # the cross-field rule runs once fields pass
+    assert state.has_retry_errors
+    items = await run(state.save_retry_config())
+    assert "Retry policy not saved" in toasts(items)
+    assert state.editor_id == endpoint.id  # still open, errors still inline
+    assert "less than or equal to 10" in state.retry_errors["max_retries"]
+
+    state.set_retry_field("max_retries", "4")
+    assert state.retry_errors["max_delay"] == "max_delay must be >= base_delay"
+    assert (await Endpoint.get(id=endpoint.id)).retry_config == FAST_POLICY
+    assert not await AuditLog.exists()
+
+    state.set_retry_field("max_delay", "600")
+    state.set_retry_jitter(True)
+    assert not state.has_retry_errors
+    items = await run(state.save_retry_config())
+    assert "Retry policy saved" in toasts(items)
+    assert state.editor_id == 0
+    expected = {"max_retries": 4, "backoff": "fixed", "base_delay": 30.0, "max_delay": 600.0,
+                "jitter": True}
+    assert (await Endpoint.get(id=endpoint.id)).retry_config == expected
+    assert row_of(state, endpoint.id)["retry_summary"] == "4 retries · fixed 30 s · jitter"
+    [audit] = await AuditLog.all()
+    assert (audit.action, audit.actor) == ("endpoint.retry_config", DASHBOARD_ACTOR)
+
+
+async def test_retry_editor_resets_to_the_default_policy(backend):
+    endpoint = await make_endpoint(URL)
+    _, state = await loaded()
+    await run(state.open_retry_editor(endpoint.id))
+    items = await run(state.reset_retry_config())
+    assert "reset to the default" in toasts(items)
+    assert (await Endpoint.get(id=endpoint.id)).retry_config is None
+    assert row_of(state, endpoint.id)["retry_is_default"] is True
+    await run(state.open_retry_editor(endpoint.id))
+    assert state.editor_is_default is True
+    assert state.retry_form == form_values(DEFAULT_POLICY.model_dump())
+
+
+async def test_unknown_form_field_is_ignored(backend):
+    endpoint = await make_endpoint(URL)
+    _, state = await loaded()
+    await run(state.open_retry_editor(endpoint.id))
+    before = dict(state.retry_form)
+    state.set_retry_field("secret", "x")
+    assert state.retry_form == before
+
+
+async def test_editor_for_a_deleted_endpoint_toasts_not_found(backend):
+    endpoint = await make_endpoint(URL)
+    _, state = await loaded()
+    await Endpoint.filter(id=endpoint.id).delete()
+    items = await run(state.open_retry_editor(endpoint.id))
+    assert "does not exist" in toasts(items) and state.editor_id == 0
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+def test_retry_config_editor_renders_an_inline_error_under_its_field():
+    errors = no_errors() | {"max_delay": "max_delay must be >= base_delay"}
+    values = {"max_retries": "3", "backoff": "fixed", "base_delay": "30", "max_delay": "10"}
+
+    html = str(retry_config_editor(values, True, errors))
+
+    assert '"max_delay must be >= base_delay"' in html
+    assert 'id:"retry-error-max_delay"' in html and 'className:"field-error"' in html
+    assert html.count("field-error") == 1  # no empty error slots for the valid fields
+    assert 'value:(isNotNullOrUndefined("30")' in html and '"aria-invalid":"true"' in html
+    assert 'htmlFor:"retry-max_delay"' in html
+    assert "disabled:true" in html  # Save stays disabled while a field is invalid
+
+
+async def test_editor_renders_the_errors_the_state_computed(backend):
+    endpoint = await make_endpoint(URL)
+    _, state = await loaded()
+    await run(state.open_retry_editor(endpoint.id))
+    state.set_retry_field("backoff", "random")
+
+    html = str(retry_config_editor(state.retry_form, state.retry_jitter, state.retry_errors))
+
+    assert 'id:"retry-error-backoff"' in html
+    assert "Input should be 'fixed', 'linear' or 'exponential'" in html
+
+
+async def test_rows_offer_disable_or_enable_by_state(backend):
+    on = await make_endpoint(URL)
+    off = await make_endpoint("http://127.0.0.1:9/off", enabled=False, disabled_reason="gone")
+    rows = {row["id"]: endpoint_item(row) for row in await list_endpoints_overview()}
+
+    on_html = str(endpoint_row(rows[on.id]))
+    off_html = str(endpoint_row(rows[off.id]))
+
+    assert f'"aria-label":"Disable endpoint {on.id}"' in on_html
+    assert "Enable endpoint" not in on_html
+    assert "health-badge-healthy" in on_html
+    assert f'"aria-label":"Enable endpoint {off.id}"' in off_html
+    assert "health-badge-disabled" in off_html and '"gone"' in off_html
+
+
+def test_endpoints_page_renders_and_is_in_the_navigation_after_scheduler():
+    assert [item.route for item in routes.NAV][:2] == [routes.SCHEDULER, routes.ENDPOINTS]
+    assert 'to:"/endpoints"' in str(header(routes.ENDPOINTS))
+    html = str(endpoints_page())
+    assert 'id:"endpoints-panel"' in html and 'id:"retry-config-editor"' in html
+    assert "Disable endpoint?" in html
