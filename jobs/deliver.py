@@ -19,7 +19,9 @@ from typing import Any
 
 from tortoise.expressions import F
 
-from jobs.attempt import ATTEMPT_DEADLINE_S, AttemptResult, no_attempt, post_once, webhook_body
+from jobs.attempt import (ATTEMPT_DEADLINE_S, AttemptResult, DirectPoster, no_attempt, post_once,
+                          webhook_body)
+from jobs.http import make_poster
 from jobs.classify import Outcome
 from jobs.outcomes import Finished, record_outcomes
 from jobs.queue import enqueue_batch
@@ -71,6 +73,19 @@ def init_context(ctx: dict[str, Any]) -> None:
     ctx["metrics"] = DeliveryMetrics()  # flushed by jobs.metrics.start_flushing/stop_flushing
 
 
+def _poster(ctx: dict[str, Any]) -> DirectPoster:
+    if ctx.get("poster") is None:  # created on first use, inside the running loop
+        ctx["poster"] = make_poster()
+    return ctx["poster"]
+
+
+async def close_context(ctx: dict[str, Any]) -> None:
+    """Release what `init_context` and the jobs opened (after `stop_detached`)."""
+    if (poster := ctx.get("poster")) is not None:
+        ctx["poster"] = None
+        await poster.aclose()
+
+
 def _limiter(ctx: dict[str, Any], endpoint: Any) -> asyncio.Semaphore:
     limits: dict[int, asyncio.Semaphore] = ctx["endpoint_limits"]
     if endpoint.id not in limits:
@@ -92,7 +107,11 @@ async def attempt_one(ctx: dict[str, Any], delivery: Delivery) -> Finished:
         headers = signature_headers(signing_secrets(endpoint), f"msg_{delivery.message.id}",
                                     int(time.time()), body)
         with span:
-            result = await post_once(ctx["http"], endpoint.url, body, headers)
+            if endpoint.follow_redirects:
+                result = await post_once(ctx["http"], endpoint.url, body, headers,
+                                         follow_redirects=True)
+            else:
+                result = await _poster(ctx).post(endpoint.url, body, headers)
     span.set_status(result.status_code)
     span.set_outcome(result.outcome.kind, result.outcome.reason)
     return Finished(delivery, result, span=span)

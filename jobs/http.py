@@ -12,6 +12,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from jobs.attempt import DirectPoster
 from jobs.guard import DestinationPolicy, GuardedResolver, GuardedTransport, guarded_socket_factory
 
 CONNECT_TIMEOUT_S = 5.0
@@ -31,10 +32,7 @@ def make_client(max_connections: int = 256, *, allowlist: str | Iterable[str] | 
     policy = DestinationPolicy.from_allowlist(allowlist)
 
     def session() -> aiohttp.ClientSession:  # built lazily, inside the running loop
-        connector = aiohttp.TCPConnector(
-            limit=max_connections, limit_per_host=LIMIT_PER_HOST,
-            resolver=GuardedResolver(policy), socket_factory=guarded_socket_factory(policy))
-        return aiohttp.ClientSession(connector=connector, trust_env=False)
+        return guarded_session(policy, max_connections)
 
     return httpx.AsyncClient(
         transport=GuardedTransport(AiohttpTransport(client=session), policy),
@@ -42,3 +40,22 @@ def make_client(max_connections: int = 256, *, allowlist: str | Iterable[str] | 
         follow_redirects=follow_redirects,
         headers={"user-agent": USER_AGENT},
     )
+
+
+def guarded_session(policy: DestinationPolicy, max_connections: int = 256,
+                    **kwargs: object) -> aiohttp.ClientSession:
+    """An aiohttp session whose connector resolves and connects only where `policy` allows."""
+    connector = aiohttp.TCPConnector(
+        limit=max_connections, limit_per_host=LIMIT_PER_HOST,
+        resolver=GuardedResolver(policy), socket_factory=guarded_socket_factory(policy))
+    return aiohttp.ClientSession(connector=connector, trust_env=False, **kwargs)  # type: ignore[arg-type]
+
+
+def make_poster(max_connections: int = 256, *,
+                allowlist: str | Iterable[str] | None = None) -> DirectPoster:
+    """The hot-path poster (see jobs.attempt.DirectPoster); create it inside the running loop."""
+    policy = DestinationPolicy.from_allowlist(allowlist)
+    session = guarded_session(
+        policy, max_connections, headers={"user-agent": USER_AGENT},
+        timeout=aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S))
+    return DirectPoster(session, policy)

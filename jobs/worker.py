@@ -11,7 +11,7 @@ from arq.connections import RedisSettings
 
 from jobs.cron import arq_cron_jobs, register_cron_jobs
 from jobs.attempt import ATTEMPT_DEADLINE_S
-from jobs.deliver import deliver, deliver_batch, init_context, stop_detached
+from jobs.deliver import close_context, deliver, deliver_batch, init_context, stop_detached
 from jobs.heartbeats import beat, heartbeat_loop, worker_id
 from jobs.http import make_client
 from jobs.metrics import start_flushing, stop_flushing
@@ -59,6 +59,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
             await beat(agent_id, ctx["redis"], status=AgentStatus.STOPPED)
     await stop_detached(ctx)
     await stop_flushing(ctx)  # after stop_detached: the stragglers' outcomes count too
+    await close_context(ctx)
     if client := ctx.get("http"):
         await client.aclose()
     await close_db()

@@ -120,7 +120,7 @@ async def run_worker(redis, db) -> AsyncIterator:
     empty (deferred retries included), on the test Redis and database."""
     from arq.worker import Worker
 
-    from jobs.deliver import init_context, stop_detached
+    from jobs.deliver import close_context, init_context, stop_detached
     from jobs.http import make_client
     from jobs.queue import redis_settings
     from jobs.worker import WorkerSettings
@@ -137,6 +137,7 @@ async def run_worker(redis, db) -> AsyncIterator:
 
         await stop_detached(ctx)
         await stop_flushing(ctx)
+        await close_context(ctx)
 
     async def run(**overrides) -> Worker:
         worker = Worker(

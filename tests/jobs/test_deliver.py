@@ -166,7 +166,7 @@ async def test_killed_last_try_is_dead_lettered_exactly_once(db, redis, receiver
 async def test_cancelled_attempt_releases_its_claim(db, redis, receiver):
     import asyncio
 
-    from jobs.deliver import deliver, init_context
+    from jobs.deliver import close_context, deliver, init_context
     from jobs.http import make_client
 
     receiver.script("/slow", Reply(200, delay_s=5))
@@ -184,5 +184,6 @@ async def test_cancelled_attempt_releases_its_claim(db, redis, receiver):
         task.cancel()  # what arq does to running jobs on shutdown
         with __import__("pytest").raises(asyncio.CancelledError):
             await task
+        await close_context(ctx)
     delivery = await Delivery.get(id=delivery_id)
     assert (delivery.status, delivery.attempts) == (DeliveryStatus.QUEUED, 0)

@@ -12,7 +12,7 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
 from jobs.attempt import EXCERPT_BYTES, post_once
-from jobs.deliver import deliver_batch, init_context
+from jobs.deliver import close_context, deliver_batch, init_context
 from jobs.http import make_client
 from jobs.operations.publish import publish_message
 from jobs.queue import enqueue_batch, queue_name
@@ -31,6 +31,7 @@ async def ctx(redis):
         context = {"redis": redis, "http": client}
         init_context(context)
         yield context
+        await close_context(context)
 
 
 async def _publish(endpoint: Endpoint, redis, n: int = 1) -> list[int]:
@@ -234,9 +235,30 @@ async def test_blocked_destinations_are_final_without_a_request(db, redis, recei
         init_context(ctx)
         result = await publish_message(app.id, "x", {}, redis=redis)
         await deliver_batch(ctx, [d["id"] for d in result["deliveries"]])
+        await close_context(ctx)
     reasons = {e.endpoint_id: e.failure_reason for e in await DeadLetter.all()}
     assert reasons == {e.id: reasons[e.id] for e in endpoints}
     assert set(reasons.values()) <= {"destination_blocked", "invalid_url"}
     assert reasons[endpoints[0].id] == reasons[endpoints[1].id] == "destination_blocked"
     assert all(e.attempts == 1 for e in await DeadLetter.all())  # final at once, no retries
     assert receiver.hits("/private") == []
+
+
+async def test_redirect_following_endpoint_is_guarded_on_every_hop(db, redis, receiver, ctx):
+    """Opted-in redirects use the httpx client, whose transport checks each hop."""
+    receiver.script("/moved", Reply(302, headers={"Location": "http://[::1]:9/inside"}))
+    endpoint = await make_endpoint(receiver.url("/moved"), follow_redirects=True,
+                                   retry_config={"max_retries": 0, "backoff": "fixed",
+                                                 "base_delay": 1, "max_delay": 1, "jitter": False})
+    [delivery_id] = await _publish(endpoint, redis)
+    await deliver_batch(ctx, [delivery_id])
+    assert (await DeadLetter.get(delivery_id=delivery_id)).failure_reason == "destination_blocked"
+
+
+async def test_redirect_is_final_when_not_followed(db, redis, receiver, ctx):
+    receiver.script("/moved", Reply(301, headers={"Location": receiver.url("/ok")}))
+    endpoint = await make_endpoint(receiver.url("/moved"))
+    [delivery_id] = await _publish(endpoint, redis)
+    await deliver_batch(ctx, [delivery_id])
+    assert (await DeadLetter.get(delivery_id=delivery_id)).failure_reason == "redirect_not_followed"
+    assert receiver.hits("/ok") == []
