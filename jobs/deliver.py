@@ -69,20 +69,23 @@ def init_context(ctx: dict[str, Any]) -> None:
     """Worker-wide state shared by every job's ctx copy (arq copies ctx per job)."""
     ctx["endpoint_limits"] = {}
     ctx["detached"] = set()
+    ctx["shared"] = {}  # worker-wide objects made lazily by jobs (see _poster)
     ctx["straggler_buffer"] = []  # finished detached attempts waiting to be recorded together
     ctx["metrics"] = DeliveryMetrics()  # flushed by jobs.metrics.start_flushing/stop_flushing
 
 
 def _poster(ctx: dict[str, Any]) -> DirectPoster:
-    if ctx.get("poster") is None:  # created on first use, inside the running loop
-        ctx["poster"] = make_poster()
-    return ctx["poster"]
+    # ctx is a per-job copy: keep the poster in the shared dict, or every job would open (and
+    # leak) its own session and connection pool
+    shared: dict[str, DirectPoster] = ctx["shared"]
+    if "poster" not in shared:  # created on first use, inside the running loop
+        shared["poster"] = make_poster()
+    return shared["poster"]
 
 
 async def close_context(ctx: dict[str, Any]) -> None:
     """Release what `init_context` and the jobs opened (after `stop_detached`)."""
-    if (poster := ctx.get("poster")) is not None:
-        ctx["poster"] = None
+    if (poster := ctx["shared"].pop("poster", None)) is not None:
         await poster.aclose()
 
 

@@ -29,6 +29,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.requests: list[Received] = []
+        self.peers: set[tuple] = set()  # client (address, port) pairs: one per connection
         self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -44,6 +45,8 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(Received(request.path, dict(request.headers), await request.read()))
+        if request.transport is not None:
+            self.peers.add(request.transport.get_extra_info("peername"))
         queue = self._scripts.get(request.path) or deque([Reply()])
         reply = queue.popleft() if len(queue) > 1 else queue[0]
         if reply.delay_s:

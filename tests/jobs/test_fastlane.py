@@ -262,3 +262,14 @@ async def test_redirect_is_final_when_not_followed(db, redis, receiver, ctx):
     await deliver_batch(ctx, [delivery_id])
     assert (await DeadLetter.get(delivery_id=delivery_id)).failure_reason == "redirect_not_followed"
     assert receiver.hits("/ok") == []
+
+
+async def test_jobs_share_one_connection_pool(db, redis, receiver, run_worker):
+    """Every batch job of a worker reuses the same keep-alive connections."""
+    app = await Application.create(name="pool")
+    await make_endpoint(receiver.url("/ok"), app=app)
+    for _ in range(6):  # six separate batch jobs, run one after the other
+        await publish_message(app.id, "x", {}, redis=redis)
+    await run_worker(max_jobs=1)
+    assert len(receiver.hits("/ok")) == 6
+    assert len(receiver.peers) == 1  # one connection, kept alive across jobs
