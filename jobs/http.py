@@ -18,10 +18,13 @@ from jobs.guard import DestinationPolicy, GuardedResolver, GuardedTransport, gua
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 15.0
 USER_AGENT = "Observatory-Webhooks/0.1"
-LIMIT_PER_HOST = 64
+# No per-host cap in the connector: aiohttp counts it per (host, port), so one slow endpoint
+# would starve every other endpoint on the same receiver host. The per-endpoint in-flight cap
+# (jobs.deliver, `max_in_flight`) is what bounds each endpoint.
+LIMIT_PER_HOST = 0
 
 
-def make_client(max_connections: int = 256, *, allowlist: str | Iterable[str] | None = None,
+def make_client(max_connections: int = 512, *, allowlist: str | Iterable[str] | None = None,
                 follow_redirects: bool = False) -> httpx.AsyncClient:
     """One client per worker process.
 
@@ -42,7 +45,7 @@ def make_client(max_connections: int = 256, *, allowlist: str | Iterable[str] | 
     )
 
 
-def guarded_session(policy: DestinationPolicy, max_connections: int = 256,
+def guarded_session(policy: DestinationPolicy, max_connections: int = 512,
                     **kwargs: object) -> aiohttp.ClientSession:
     """An aiohttp session whose connector resolves and connects only where `policy` allows."""
     connector = aiohttp.TCPConnector(
@@ -51,7 +54,7 @@ def guarded_session(policy: DestinationPolicy, max_connections: int = 256,
     return aiohttp.ClientSession(connector=connector, trust_env=False, **kwargs)  # type: ignore[arg-type]
 
 
-def make_poster(max_connections: int = 256, *,
+def make_poster(max_connections: int = 512, *,
                 allowlist: str | Iterable[str] | None = None) -> DirectPoster:
     """The hot-path poster (see jobs.attempt.DirectPoster); create it inside the running loop."""
     policy = DestinationPolicy.from_allowlist(allowlist)

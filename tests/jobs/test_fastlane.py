@@ -273,3 +273,18 @@ async def test_jobs_share_one_connection_pool(db, redis, receiver, run_worker):
     await run_worker(max_jobs=1)
     assert len(receiver.hits("/ok")) == 6
     assert len(receiver.peers) == 1  # one connection, kept alive across jobs
+
+
+async def test_slow_endpoint_does_not_starve_others_on_the_same_host(db, redis, receiver, ctx):
+    """Connections are not capped per host: a slow endpoint's full in-flight quota leaves the
+    other endpoints on the same receiver host their own."""
+    receiver.script("/slow", Reply(200, delay_s=3))
+    slow = await make_endpoint(receiver.url("/slow"), max_in_flight=80)
+    [*slow_ids] = await _publish(slow, redis, 80)  # 80 stuck connections to 127.0.0.1:port
+    await deliver_batch(ctx, slow_ids)
+    fast = await make_endpoint(receiver.url("/fast"))
+    t0 = time.monotonic()
+    await deliver_batch(ctx, await _publish(fast, redis, 5))
+    assert await Delivery.filter(endpoint_id=fast.id, status=DeliveryStatus.SUCCEEDED).count() == 5
+    assert time.monotonic() - t0 < 2  # not queued behind the slow endpoint's connections
+    await asyncio.wait(set(ctx["detached"]), timeout=10)
