@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
-import pytest_asyncio
 
-from dashboard.api.app import api
 from models.audit import AuditLog
-from models.auth import create_user
 from models.dead_letters import DeadLetter
 from models.deliveries import Delivery
 from models.enums import DeadLetterStatus
+from tests.dashboard.api.conftest import auth
 from tests.factories import make_dead_letter, make_endpoint
 
 
-@pytest_asyncio.fixture
-async def client(db, redis):
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api),
-                                 base_url="http://test") as c:
-        yield c
-
-
-@pytest_asyncio.fixture
-async def tokens(db) -> dict[str, str]:
-    return {role: (await create_user(role, role))[2] for role in ("admin", "operator", "viewer")}
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def test_health_needs_no_token(client):

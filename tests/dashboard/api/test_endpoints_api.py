@@ -4,39 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import pytest
-import pytest_asyncio
-from starlette.applications import Starlette
 
 from dashboard.api.endpoints import endpoint_bodies, endpoint_routes
-from dashboard.api.errors import EXCEPTION_HANDLERS
 from dashboard.api.openapi import build_openapi
 from jobs.policy import DEFAULT_POLICY
 from models.audit import AuditLog
-from models.auth import create_user
 from models.endpoints import Endpoint
+from tests.dashboard.api.conftest import auth
 from tests.factories import FAST_POLICY, make_endpoint
 
 URL = "http://127.0.0.1:9/hook"
-api = Starlette(routes=[*endpoint_routes],
-                exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
-
-
-@pytest_asyncio.fixture
-async def client(db):
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api),
-                                 base_url="http://test") as c:
-        yield c
-
-
-@pytest_asyncio.fixture
-async def tokens(db) -> dict[str, str]:
-    return {role: (await create_user(role, role))[2] for role in ("admin", "operator", "viewer")}
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def snapshot(endpoint_id: int) -> dict[str, Any]:
