@@ -2,59 +2,28 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from dashboard import runtime
-from dashboard.api.auth import require_user
+from dashboard.api.common import parse_body, prepare
+from dashboard.api.dlq import dlq_bodies, dlq_routes
 from dashboard.api.endpoints import endpoint_bodies, endpoint_routes
 from dashboard.api.errors import EXCEPTION_HANDLERS, ApiError
 from dashboard.api.metrics import metrics_route
 from dashboard.api.openapi import build_openapi
+from dashboard.api.operations import operation_bodies, operation_routes
 from dashboard.api.schemas import AppIn, EndpointIn, MessageBatchIn, MessageIn
 from jobs.errors import NotFoundError
 from jobs.operations.publish import publish_message, publish_messages
-from jobs.operations.retry import retry_dead_letter
 from jobs.signing import generate_secret
-from models import queries
 from models.deliveries import Attempt, Delivery
 from models.endpoints import Application, Endpoint
-from models.enums import DeadLetterStatus, Role
-
-MAX_PAGE = 200
-T = TypeVar("T", bound=BaseModel)
-
-
-async def _body(request: Request, schema: type[T]) -> T:
-    try:
-        data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"Request body is not valid JSON: {exc}") from exc
-    return schema.model_validate(data)
-
-
-def _int_param(request: Request, name: str, default: int | None, lo: int = 1,
-               hi: int | None = None) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit() or int(raw) < lo or (hi is not None and int(raw) > hi):
-        bound = f" and <= {hi}" if hi is not None else ""
-        raise ApiError(422, "validation_error", f"{name}: must be an integer >= {lo}{bound}",
-                       {"fields": [{"field": name, "rule": "int_range"}]})
-    return int(raw)
-
-
-async def _prepare(request: Request, role: Role) -> None:
-    await runtime.ensure_db()
-    request.state.user = await require_user(request, role)
-
+from models.enums import Role
 
 async def health(request: Request) -> JSONResponse:
     """Liveness of the API, its database and Redis (no token needed)."""
@@ -91,8 +60,8 @@ def _endpoint_json(e: Endpoint, with_secret: bool = False) -> dict[str, Any]:
 
 async def create_app(request: Request) -> JSONResponse:
     """Create an application (a producer/tenant). Admin."""
-    await _prepare(request, Role.ADMIN)
-    body = await _body(request, AppIn)
+    await prepare(request, Role.ADMIN)
+    body = await parse_body(request, AppIn)
     if await Application.exists(name=body.name):
         raise ApiError(409, "conflict", f"name: an application named '{body.name}' exists")
     return JSONResponse(_app_json(await Application.create(name=body.name)), status_code=201)
@@ -100,14 +69,14 @@ async def create_app(request: Request) -> JSONResponse:
 
 async def list_apps(request: Request) -> JSONResponse:
     """List applications."""
-    await _prepare(request, Role.VIEWER)
+    await prepare(request, Role.VIEWER)
     return JSONResponse({"apps": [_app_json(a) for a in await Application.all().order_by("id")]})
 
 
 async def create_endpoint(request: Request) -> JSONResponse:
     """Create an endpoint; the answer carries its signing secret. Admin."""
-    await _prepare(request, Role.ADMIN)
-    body = await _body(request, EndpointIn)
+    await prepare(request, Role.ADMIN)
+    body = await parse_body(request, EndpointIn)
     if not await Application.exists(id=body.app_id):
         raise NotFoundError(f"app_id: application {body.app_id} does not exist")
     endpoint = await Endpoint.create(
@@ -119,15 +88,15 @@ async def create_endpoint(request: Request) -> JSONResponse:
 
 async def list_endpoints(request: Request) -> JSONResponse:
     """List endpoints."""
-    await _prepare(request, Role.VIEWER)
+    await prepare(request, Role.VIEWER)
     rows = await Endpoint.all().order_by("id")
     return JSONResponse({"endpoints": [_endpoint_json(e) for e in rows]})
 
 
 async def publish(request: Request) -> JSONResponse:
     """Publish a message: one delivery per subscribed endpoint. Operator."""
-    await _prepare(request, Role.OPERATOR)
-    body = await _body(request, MessageIn)
+    await prepare(request, Role.OPERATOR)
+    body = await parse_body(request, MessageIn)
     result = await publish_message(body.app_id, body.event_type, body.payload,
                                    body.idempotency_key, redis=await runtime.get_redis())
     return JSONResponse(result, status_code=200 if result["idempotent_replay"] else 202)
@@ -135,8 +104,8 @@ async def publish(request: Request) -> JSONResponse:
 
 async def publish_batch(request: Request) -> JSONResponse:
     """Publish up to 1,000 messages at once; results per item, in order. Operator."""
-    await _prepare(request, Role.OPERATOR)
-    body = await _body(request, MessageBatchIn)
+    await prepare(request, Role.OPERATOR)
+    body = await parse_body(request, MessageBatchIn)
     results = await publish_messages([m.model_dump() for m in body.messages],
                                      redis=await runtime.get_redis())
     return JSONResponse({"results": results}, status_code=207 if not all(
@@ -145,7 +114,7 @@ async def publish_batch(request: Request) -> JSONResponse:
 
 async def get_delivery(request: Request) -> JSONResponse:
     """One delivery with its attempts."""
-    await _prepare(request, Role.VIEWER)
+    await prepare(request, Role.VIEWER)
     delivery = await Delivery.get_or_none(id=request.path_params["id"])
     if delivery is None:
         raise NotFoundError(f"delivery {request.path_params['id']} does not exist")
@@ -163,42 +132,6 @@ async def get_delivery(request: Request) -> JSONResponse:
     })
 
 
-async def list_dlq(request: Request) -> JSONResponse:
-    """DLQ entries, newest first (filters: status; cursor pagination)."""
-    await _prepare(request, Role.VIEWER)
-    limit = _int_param(request, "limit", 50, hi=MAX_PAGE) or 50
-    cursor = _int_param(request, "cursor", None)
-    raw_status = request.query_params.get("status")
-    statuses = None
-    if raw_status:
-        try:
-            statuses = [DeadLetterStatus(s) for s in raw_status.split(",")]
-        except ValueError as exc:
-            allowed = ", ".join(s.value for s in DeadLetterStatus)
-            raise ApiError(422, "validation_error", f"status: must be one of {allowed}",
-                           {"fields": [{"field": "status", "rule": "enum"}]}) from exc
-    entries = await queries.list_dead_letters(statuses, limit=limit + 1, before_id=cursor)
-    next_cursor = entries[limit - 1]["id"] if len(entries) > limit else None
-    return JSONResponse({"entries": entries[:limit], "next_cursor": next_cursor})
-
-
-async def get_dlq_entry(request: Request) -> JSONResponse:
-    """One DLQ entry."""
-    await _prepare(request, Role.VIEWER)
-    entry = await queries.get_dead_letter(request.path_params["id"])
-    if entry is None:
-        raise NotFoundError(f"DLQ entry {request.path_params['id']} does not exist")
-    return JSONResponse(entry)
-
-
-async def retry_dlq_entry(request: Request) -> JSONResponse:
-    """Retry one DLQ entry as a new delivery. Operator."""
-    await _prepare(request, Role.OPERATOR)
-    result = await retry_dead_letter(request.path_params["id"], request.state.user.name,
-                                     redis=await runtime.get_redis())
-    return JSONResponse(result, status_code=202)
-
-
 async def openapi(request: Request) -> JSONResponse:
     """This API's OpenAPI document."""
     return JSONResponse(OPENAPI)
@@ -214,15 +147,15 @@ routes = [
     Route("/v1/messages", publish, methods=["POST"]),
     Route("/v1/messages/batch", publish_batch, methods=["POST"]),
     Route("/v1/deliveries/{id:int}", get_delivery, methods=["GET"]),
-    Route("/v1/dlq", list_dlq, methods=["GET"]),
-    Route("/v1/dlq/{id:int}", get_dlq_entry, methods=["GET"]),
-    Route("/v1/dlq/{id:int}/retry", retry_dlq_entry, methods=["POST"]),
+    *dlq_routes,
+    *operation_routes,
     *endpoint_routes,
 ]
 
 OPENAPI = build_openapi(
     routes, bodies={"create_app": AppIn, "create_endpoint": EndpointIn, "publish": MessageIn,
-            "publish_batch": MessageBatchIn, **endpoint_bodies},
+            "publish_batch": MessageBatchIn, **endpoint_bodies, **dlq_bodies,
+            **operation_bodies},
     public={"/v1/health", "/v1/openapi.json"})
 
 api = Starlette(routes=[*routes, metrics_route], exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]

@@ -6,25 +6,19 @@ and document with `bodies={..., **endpoint_bodies}` (see dashboard/api/app.py).
 
 from __future__ import annotations
 
-import json
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from dashboard import runtime
-from dashboard.api.auth import require_user
-from dashboard.api.errors import ApiError
+from dashboard.api.common import actor, json_body, parse_body, path_id, prepare
 from jobs.errors import NotFoundError
 from jobs.operations import endpoints as ops
 from jobs.policy import RetryPolicy
 from models.endpoint_queries import get_endpoint_row
 from models.enums import Role
-
-T = TypeVar("T", bound=BaseModel)
-
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -59,28 +53,8 @@ class RotateSecretIn(_Body):
 
 async def _prepare(request: Request, role: Role) -> int:
     """Database ready, caller authorised; returns the `{id}` path parameter."""
-    await runtime.ensure_db()
-    request.state.user = await require_user(request, role)
-    return int(request.path_params["id"])
-
-
-async def _json(request: Request, *, empty: Any = ...) -> Any:
-    """The parsed body; `empty` (when given) stands for a missing body."""
-    raw = await request.body()
-    if not raw.strip() and empty is not ...:
-        return empty
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"Request body is not valid JSON: {exc}") from exc
-
-
-async def _body(request: Request, schema: type[T], **kwargs: Any) -> T:
-    return schema.model_validate(await _json(request, **kwargs))
-
-
-def _actor(request: Request) -> str:
-    return str(request.state.user.name)
+    await prepare(request, role)
+    return path_id(request)
 
 
 async def get_endpoint(request: Request) -> JSONResponse:
@@ -95,19 +69,19 @@ async def get_endpoint(request: Request) -> JSONResponse:
 async def patch_endpoint(request: Request) -> JSONResponse:
     """Change an endpoint's url, description, event types, redirects or in-flight cap. Admin."""
     endpoint_id = await _prepare(request, Role.ADMIN)
-    body = await _body(request, EndpointPatch)
+    body = await parse_body(request, EndpointPatch)
     given = body.model_dump(exclude_unset=True)
     clear = [name for name in ("event_types", "max_in_flight")
              if name in given and given[name] is None]
     values = {k: v for k, v in given.items() if v is not None}
-    return JSONResponse(await ops.update_endpoint(endpoint_id, _actor(request), clear=clear,
+    return JSONResponse(await ops.update_endpoint(endpoint_id, actor(request), clear=clear,
                                                   **values))
 
 
 async def delete_endpoint(request: Request) -> JSONResponse:
     """Delete an endpoint; its deliveries and DLQ entries stay. Admin."""
     endpoint_id = await _prepare(request, Role.ADMIN)
-    row = await ops.delete_endpoint(endpoint_id, _actor(request))
+    row = await ops.delete_endpoint(endpoint_id, actor(request))
     return JSONResponse({"id": row["id"], "deleted": True})
 
 
@@ -120,28 +94,28 @@ async def get_retry_config(request: Request) -> JSONResponse:
 async def put_retry_config(request: Request) -> JSONResponse:
     """Set the endpoint's retry policy (a RetryPolicy object), or null for the default. Admin."""
     endpoint_id = await _prepare(request, Role.ADMIN)
-    config = await _json(request)
-    return JSONResponse(await ops.set_retry_config(endpoint_id, _actor(request), config))
+    config = await json_body(request)
+    return JSONResponse(await ops.set_retry_config(endpoint_id, actor(request), config))
 
 
 async def rotate_secret(request: Request) -> JSONResponse:
     """New signing secret; the old one keeps signing for `grace_s` (default a day). Admin."""
     endpoint_id = await _prepare(request, Role.ADMIN)
-    body = await _body(request, RotateSecretIn, empty={})
-    return JSONResponse(await ops.rotate_secret(endpoint_id, _actor(request), body.grace_s))
+    body = await parse_body(request, RotateSecretIn, empty={})
+    return JSONResponse(await ops.rotate_secret(endpoint_id, actor(request), body.grace_s))
 
 
 async def enable_endpoint(request: Request) -> JSONResponse:
     """Re-enable a disabled endpoint; its failure record starts afresh. Admin."""
     endpoint_id = await _prepare(request, Role.ADMIN)
-    return JSONResponse(await ops.enable_endpoint(endpoint_id, _actor(request)))
+    return JSONResponse(await ops.enable_endpoint(endpoint_id, actor(request)))
 
 
 async def disable_endpoint(request: Request) -> JSONResponse:
     """Stop delivering to an endpoint, with a reason. Admin."""
     endpoint_id = await _prepare(request, Role.ADMIN)
-    body = await _body(request, DisableIn)
-    return JSONResponse(await ops.disable_endpoint(endpoint_id, _actor(request), body.reason))
+    body = await parse_body(request, DisableIn)
+    return JSONResponse(await ops.disable_endpoint(endpoint_id, actor(request), body.reason))
 
 
 endpoint_routes: list[Route] = [

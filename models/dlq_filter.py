@@ -1,0 +1,95 @@
+"""The one way to select DLQ entries: REST `GET /v1/dlq`, stats, export and bulk scopes.
+
+A filter is validated once (pydantic: bad input → 422 naming the field and the rule) and turned
+into a tortoise query. `max_id` freezes a selection: a bulk operation confirmed over N entries
+acts on those N (entries created afterwards have higher ids and are not swept in).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from tortoise.expressions import Q
+from tortoise.queryset import QuerySet
+
+from models.dead_letters import DeadLetter
+from models.enums import DeadLetterStatus
+
+#: what `GET /v1/dlq` shows when no status is asked for: the entries an operator acts on
+DEFAULT_STATUSES = (DeadLetterStatus.ACTIVE, DeadLetterStatus.RETRYING)
+
+
+class DlqFilter(BaseModel):
+    """Which DLQ entries. Every field narrows the selection; an empty filter is everything
+    (with `status` left out: every status)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: list[DeadLetterStatus] | None = Field(
+        None, description="entry statuses (a list, or comma-separated in a query string)")
+    event_type: str | None = Field(None, min_length=1, max_length=200)
+    endpoint_id: int | None = Field(None, ge=1)
+    app_id: int | None = Field(None, ge=1)
+    since: datetime | None = Field(None, description="entries created at or after (ISO 8601)")
+    until: datetime | None = Field(None, description="entries created before (ISO 8601)")
+    q: str | None = Field(None, min_length=1, max_length=200,
+                          description="text in the failure reason, last error or endpoint URL")
+    max_id: int | None = Field(None, ge=1, description="snapshot bound: entries with id <= this")
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("since", "until")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # a naive time is read as UTC
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DlqFilter:
+        if self.since and self.until and self.since >= self.until:
+            raise ValueError("until: must be later than since")
+        return self
+
+    @classmethod
+    def from_query(cls, params: Any) -> DlqFilter:
+        """From a query string (`status=active,retrying&endpoint_id=3`); unknown keys other
+        than paging ones are refused like unknown body fields."""
+        paging = {"limit", "cursor", "format"}
+        return cls.model_validate({k: v for k, v in params.items() if k not in paging and v != ""})
+
+    def described(self) -> dict[str, Any]:
+        """JSON of the fields set (for audit rows and the BulkOperation scope)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def select(f: DlqFilter, *, default_statuses: bool = False) -> QuerySet[DeadLetter]:
+    """The entries matching `f`; `default_statuses` applies DEFAULT_STATUSES when `f.status`
+    is unset (the listing), otherwise an unset status means every status."""
+    query = DeadLetter.all()
+    statuses = f.status or (list(DEFAULT_STATUSES) if default_statuses else None)
+    if statuses:
+        query = query.filter(status__in=statuses)
+    if f.event_type:
+        query = query.filter(message__event_type=f.event_type)
+    if f.endpoint_id:
+        query = query.filter(endpoint_id=f.endpoint_id)
+    if f.app_id:
+        query = query.filter(message__app_id=f.app_id)
+    if f.since:
+        query = query.filter(created_at__gte=f.since)
+    if f.until:
+        query = query.filter(created_at__lt=f.until)
+    if f.q:
+        query = query.filter(Q(failure_reason__icontains=f.q) | Q(endpoint_url__icontains=f.q)
+                             | Q(delivery__last_error__icontains=f.q))
+    if f.max_id:
+        query = query.filter(id__lte=f.max_id)
+    return query
