@@ -9,7 +9,8 @@ import reflex as rx
 
 from dashboard import routes, runtime
 from dashboard.api.app import api
-from dashboard.pages import endpoints, scheduler
+from dashboard.pages import endpoints, login, scheduler
+from dashboard.state.session import AuthState
 from dashboard.relay import live_relay
 from models.db import close_db
 
@@ -50,11 +51,14 @@ app = rx.App(
     head_components=[rx.el.meta(name="description", content="Observatory operations console")],
 )
 
+# Every page but the login page needs a sign-in; the loads themselves check it again (a
+# session without one gets no rows), and every action checks the role (state/session.py).
 for route in (routes.HOME, routes.SCHEDULER):
     app.add_page(scheduler.scheduler_page, route=route, title=scheduler.TITLE,
-                 on_load=scheduler.ON_LOAD)
+                 on_load=[AuthState.require_login, scheduler.ON_LOAD])
 app.add_page(endpoints.endpoints_page, route=routes.ENDPOINTS, title=endpoints.TITLE,
-             on_load=endpoints.ON_LOAD)
+             on_load=[AuthState.require_login, endpoints.ON_LOAD])
+app.add_page(login.login_page, route=routes.LOGIN, title=login.TITLE)
 
 # Order matters: lifespan contexts exit in reverse, so the relay stops before the database.
 app.register_lifespan_task(database)

@@ -7,6 +7,7 @@ from typing import NamedTuple
 HOME = "/"
 SCHEDULER = "/scheduler"
 ENDPOINTS = "/endpoints"
+LOGIN = "/login"
 
 # Routes that show the Scheduler view (the operator's home); the live relay pushes to them.
 SCHEDULER_ROUTES = frozenset({HOME, SCHEDULER})

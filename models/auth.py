@@ -12,6 +12,20 @@ from models.users import ApiToken, User
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
+#: viewers read, operators act (retry, cancel, archive), admins do everything
+ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
+
+#: the name of the API tokens that back dashboard sign-ins (one per signed-in browser)
+SESSION_TOKEN_NAME = "dashboard-session"
+
+
+def role_allows(role: Role | str, minimum: Role | str) -> bool:
+    """Whether `role` may do what needs `minimum` (unknown roles may do nothing)."""
+    try:
+        return ROLE_RANK[Role(role)] >= ROLE_RANK[Role(minimum)]
+    except ValueError:
+        return False
+
 
 def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)
@@ -65,3 +79,8 @@ async def authenticate(name: str, password: str) -> User | None:
     if user is None or not verify_password(password, user.password_hash):
         return None
     return user
+
+
+async def revoke_token(token: str) -> bool:
+    """Delete the token (a dashboard sign-out); False when it did not exist."""
+    return bool(await ApiToken.filter(token_hash=_token_hash(token)).delete())

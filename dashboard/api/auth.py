@@ -5,12 +5,9 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from dashboard.api.errors import ApiError
-from models.auth import user_for_token
+from models.auth import role_allows, user_for_token
 from models.enums import Role
 from models.users import User
-
-#: which roles may perform an action; viewers read, operators act, admins do everything
-ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
 
 
 async def require_user(request: Request, minimum: Role = Role.VIEWER) -> User:
@@ -22,7 +19,7 @@ async def require_user(request: Request, minimum: Role = Role.VIEWER) -> User:
     user = await user_for_token(token.strip())
     if user is None:
         raise ApiError(401, "unauthorized", "Invalid or revoked API token")
-    if ROLE_RANK[user.role] < ROLE_RANK[minimum]:
+    if not role_allows(user.role, minimum):
         raise ApiError(403, "forbidden",
                        f"Role '{user.role.value}' may not do this; it needs '{minimum.value}' or higher")
     return user

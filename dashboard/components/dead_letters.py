@@ -9,7 +9,7 @@ import reflex as rx
 
 from dashboard.components.badges import dead_letter_status_badge
 from dashboard.components.panel import column_headers, empty_state, panel
-from dashboard.components.reactive import any_true, each, either, is_empty
+from dashboard.components.reactive import any_true, each, either, is_empty, negate
 
 EMPTY_MESSAGE = "No failed deliveries."
 
@@ -29,13 +29,15 @@ def retry_button(entry_id: Any, busy: Any, disabled: Any, on_retry: Any) -> rx.C
     )
 
 
-def dead_letter_row(entry: Any, busy: Any = False, on_retry: Any = None) -> rx.Component:
+def dead_letter_row(entry: Any, busy: Any = False, on_retry: Any = None,
+                    can_retry: Any = True) -> rx.Component:
     """One DLQ entry (a DeadLetterItem, or a Var of one).
 
     Args:
         entry: The entry; `status` "active" shows "Failed", "retrying" shows "Queued".
         busy: Whether a Retry request for it is in flight.
         on_retry: The event the Retry button fires.
+        can_retry: Whether the signed-in role may retry (viewers see the button disabled).
     """
     status = entry["status"]
     not_active = status != "active"
@@ -66,7 +68,7 @@ def dead_letter_row(entry: Any, busy: Any = False, on_retry: Any = None) -> rx.C
         ),
         rx.table.cell(dead_letter_status_badge(status)),
         rx.table.cell(
-            retry_button(entry["id"], busy, any_true(busy, not_active), on_retry),
+            retry_button(entry["id"], busy, any_true(busy, not_active, negate(can_retry)), on_retry),
             justify="end",
         ),
         class_name=f"dlq-row dlq-status-{status}",
@@ -76,7 +78,8 @@ def dead_letter_row(entry: Any, busy: Any = False, on_retry: Any = None) -> rx.C
 
 
 def dead_letter_table(entries: Any, is_busy: Callable[[Any], Any] = lambda _id: False,
-                      on_retry: Callable[[Any], Any] | None = None) -> rx.Component:
+                      on_retry: Callable[[Any], Any] | None = None,
+                      can_retry: Any = True) -> rx.Component:
     """Entries in a table, or "No failed deliveries." (and no Retry button) when empty.
 
     Args:
@@ -91,7 +94,7 @@ def dead_letter_table(entries: Any, is_busy: Callable[[Any], Any] = lambda _id: 
             column_headers("ID", "Endpoint", "Payload", "Failure", "Status", ""),
             rx.table.body(each(entries, lambda entry: dead_letter_row(
                 entry, busy=is_busy(entry["id"]),
-                on_retry=on_retry(entry["id"]) if on_retry else None))),
+                on_retry=on_retry(entry["id"]) if on_retry else None, can_retry=can_retry))),
             variant="ghost",
             size="1",
             width="100%",
@@ -101,12 +104,15 @@ def dead_letter_table(entries: Any, is_busy: Callable[[Any], Any] = lambda _id: 
 
 def dead_letter_panel(entries: Any, failed_count: Any = 0, queued_count: Any = 0,
                       is_busy: Callable[[Any], Any] = lambda _id: False,
-                      on_retry: Callable[[Any], Any] | None = None) -> rx.Component:
-    """The Dead Letter Queue card (arguments as for `dead_letter_table`, plus the counts)."""
+                      on_retry: Callable[[Any], Any] | None = None,
+                      can_retry: Any = True, actions: rx.Component | None = None) -> rx.Component:
+    """The Dead Letter Queue card (arguments as for `dead_letter_table`, plus the counts and
+    the bulk `actions` shown above the table)."""
     return panel(
         "Dead Letter Queue",
         "inbox",
-        dead_letter_table(entries, is_busy=is_busy, on_retry=on_retry),
+        actions or rx.fragment(),
+        dead_letter_table(entries, is_busy=is_busy, on_retry=on_retry, can_retry=can_retry),
         description="Deliveries that exhausted their retries; retry one to re-deliver it",
         aside=rx.hstack(
             rx.badge(f"{failed_count} failed", color_scheme="red", variant="surface"),

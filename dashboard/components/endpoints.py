@@ -70,8 +70,9 @@ def _actions(row: Any, busy: Any, on_disable: Event, on_enable: Event,
 
 
 def endpoint_row(row: Any, busy: Any = False, on_disable: Event = None, on_enable: Event = None,
-                 on_edit_retry: Event = None) -> rx.Component:
-    """One endpoint (an EndpointItem, or a Var of one)."""
+                 on_edit_retry: Event = None, can_manage: Any = True) -> rx.Component:
+    """One endpoint (an EndpointItem, or a Var of one); its actions only for `can_manage`
+    (admins: the role checks in the handlers are the real gate, this spares a refusal)."""
     return rx.table.row(
         rx.table.row_header_cell(rx.vstack(
             rx.text(row["app_name"], weight="medium", size="2", white_space="nowrap"),
@@ -95,7 +96,8 @@ def endpoint_row(row: Any, busy: Any = False, on_disable: Event = None, on_enabl
         rx.table.cell(rx.text(row["success_label"], size="2", white_space="nowrap")),
         rx.table.cell(rx.text(row["retry_summary"], size="1",
                               color_scheme=either(row["retry_is_default"], "gray", "indigo"))),
-        rx.table.cell(_actions(row, busy, on_disable, on_enable, on_edit_retry)),
+        rx.table.cell(either(can_manage, _actions(row, busy, on_disable, on_enable, on_edit_retry),
+                             rx.fragment())),
         class_name=f"endpoint-row endpoint-health-{row['health']}",
         id=f"endpoint-{row['id']}",
         align="center",
@@ -104,7 +106,7 @@ def endpoint_row(row: Any, busy: Any = False, on_disable: Event = None, on_enabl
 
 def endpoint_table(rows: Any, is_busy: Callable[[Any], Any] = lambda _id: False,
                    on_disable: Event = None, on_enable: Event = None,
-                   on_edit_retry: Event = None) -> rx.Component:
+                   on_edit_retry: Event = None, can_manage: Any = True) -> rx.Component:
     """Endpoints in a table, or an empty state."""
     return either(
         is_empty(rows),
@@ -114,7 +116,7 @@ def endpoint_table(rows: Any, is_busy: Callable[[Any], Any] = lambda _id: False,
                            "Success (1 h)", "Retry policy", ""),
             rx.table.body(each(rows, lambda row: endpoint_row(
                 row, busy=is_busy(row["id"]), on_disable=on_disable, on_enable=on_enable,
-                on_edit_retry=on_edit_retry))),
+                on_edit_retry=on_edit_retry, can_manage=can_manage))),
             variant="ghost",
             size="1",
             width="100%",

@@ -50,3 +50,8 @@ def any_true(*values: Any) -> Any:
             result = result | Var.create(value)
         return result
     return any(bool(value) for value in values)
+
+
+def negate(value: Any) -> Any:
+    """Logical not of a plain value or a Var."""
+    return ~Var.create(value) if isinstance(value, Var) else not value

@@ -5,6 +5,7 @@ from __future__ import annotations
 import reflex as rx
 
 from dashboard.routes import NAV, NavItem
+from dashboard.state.session import AuthState
 
 
 def _nav_link(item: NavItem, active: bool) -> rx.Component:
@@ -23,6 +24,20 @@ def _nav_link(item: NavItem, active: bool) -> rx.Component:
     )
 
 
+def _user_menu() -> rx.Component:
+    """The signed-in operator, their role, and Sign out."""
+    return rx.cond(
+        AuthState.signed_in,
+        rx.hstack(
+            rx.icon("circle-user", size=16),
+            rx.text(AuthState.user_name, size="2", weight="medium", id="current-user"),
+            rx.badge(AuthState.role, variant="soft", color_scheme="gray", id="current-role"),
+            rx.button("Sign out", variant="ghost", size="1", on_click=AuthState.logout,
+                      id="sign-out"),
+            align="center", spacing="2"),
+    )
+
+
 def header(active_route: str, status: rx.Component | None = None) -> rx.Component:
     """The top bar: "Observatory", the navigation, and a status slot on the right."""
     return rx.box(
@@ -38,7 +53,10 @@ def header(active_route: str, status: rx.Component | None = None) -> rx.Componen
                 align="center",
                 spacing="3",
             ),
-            status or rx.fragment(),
+            rx.hstack(
+                status or rx.fragment(),
+                _user_menu(),
+                align="center", spacing="4"),
             justify="between",
             align="center",
             max_width="1280px",

@@ -14,6 +14,7 @@ from dashboard.state.rows import DeadLetterItem
 from dashboard.state.session import current_actor
 from jobs.errors import OperationError
 from jobs.operations.retry import retry_dead_letter
+from models.enums import Role
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class DeadLetterState(rx.State):
         try:
             await runtime.ensure_db()
             result = await retry_dead_letter(
-                entry_id, await current_actor(self), redis=await runtime.get_redis())
+                entry_id, await current_actor(self, Role.OPERATOR), redis=await runtime.get_redis())
         except OperationError as exc:
             self.in_flight = [i for i in self.in_flight if i != entry_id]
             await self._reload()  # show the entry as it really is

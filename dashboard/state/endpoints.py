@@ -15,11 +15,12 @@ import reflex as rx
 
 from dashboard import runtime
 from dashboard.state.rows import clock_label
-from dashboard.state.session import current_actor
+from dashboard.state.session import current_actor, signed_in
 from jobs.errors import OperationError, ValidationError
 from jobs.operations import endpoints as ops
 from jobs.operations.endpoints import EndpointOverview
 from jobs.policy import RetryPolicy
+from models.enums import Role
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,9 @@ class EndpointsState(rx.State):
 
     @rx.event
     async def load(self) -> None:
-        """Page-load event (also the Refresh button)."""
+        """Page-load event (also the Refresh button); nothing without a sign-in."""
+        if not await signed_in(self):
+            return
         await self._reload()
 
     # -- disable / enable -------------------------------------------------------------------
@@ -149,7 +152,7 @@ class EndpointsState(rx.State):
         yield
         try:
             await runtime.ensure_db()
-            await ops.disable_endpoint(endpoint_id, await current_actor(self), self.disable_reason)
+            await ops.disable_endpoint(endpoint_id, await current_actor(self, Role.ADMIN), self.disable_reason)
         except ValidationError as exc:  # the dialog stays open with the reason's error
             self.disable_error = next(
                 (f["message"] for f in exc.details.get("fields", [])), exc.message)
@@ -176,7 +179,7 @@ class EndpointsState(rx.State):
         yield
         try:
             await runtime.ensure_db()
-            await ops.enable_endpoint(endpoint_id, await current_actor(self))
+            await ops.enable_endpoint(endpoint_id, await current_actor(self, Role.ADMIN))
         except Exception as exc:  # noqa: BLE001 - reported as a toast
             self.busy = [i for i in self.busy if i != endpoint_id]
             await self._reload()
@@ -254,7 +257,7 @@ class EndpointsState(rx.State):
         yield
         try:
             await runtime.ensure_db()
-            view = await ops.set_retry_config(endpoint_id, await current_actor(self), config)
+            view = await ops.set_retry_config(endpoint_id, await current_actor(self, Role.ADMIN), config)
         except ValidationError as exc:
             self.retry_errors, self.saving = errors_of(exc), False
             yield rx.toast.error("Retry policy not saved", description=exc.message)

@@ -10,6 +10,7 @@ from dashboard.state.dead_letters import DeadLetterState
 from dashboard.state.heartbeats import HeartbeatState
 from dashboard.state.panels import ALL_PANELS, PanelData, fetch_panels
 from dashboard.state.rows import clock_label
+from dashboard.state.session import signed_in
 
 
 class SchedulerState(rx.State):
@@ -21,7 +22,9 @@ class SchedulerState(rx.State):
 
     @rx.event
     async def load(self) -> None:
-        """Page-load event: load every panel."""
+        """Page-load event: load every panel (nothing without a sign-in)."""
+        if not await signed_in(self):
+            return
         self._watching = True
         await apply_panels(self, await fetch_panels(ALL_PANELS))
 

@@ -6,6 +6,7 @@ import reflex as rx
 
 from dashboard.components.dead_letters import dead_letter_panel
 from dashboard.state.dead_letters import DeadLetterState
+from dashboard.state.session import AuthState
 
 
 def dead_letter_view() -> rx.Component:
@@ -15,4 +16,5 @@ def dead_letter_view() -> rx.Component:
         DeadLetterState.queued_count,
         is_busy=DeadLetterState.in_flight.contains,
         on_retry=DeadLetterState.retry_dlq_entry,
+        can_retry=AuthState.can_operate,
     )

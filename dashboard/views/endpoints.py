@@ -7,6 +7,7 @@ import reflex as rx
 from dashboard.components.endpoints import (disable_dialog, endpoints_panel,
                                             retry_config_dialog, retry_config_editor)
 from dashboard.state.endpoints import EndpointsState as S
+from dashboard.state.session import AuthState
 
 
 def endpoints_status() -> rx.Component:
@@ -43,7 +44,7 @@ def endpoints_view() -> rx.Component:
         endpoints_panel(
             S.endpoints, S.app_count, S.failing_count, S.disabled_count,
             is_busy=S.busy.contains, on_disable=S.ask_disable, on_enable=S.enable,
-            on_edit_retry=S.open_retry_editor),
+            on_edit_retry=S.open_retry_editor, can_manage=AuthState.is_admin),
         disable_dialog(S.disable_id != 0, S.disable_url, S.disable_reason, S.disable_error,
                        S.busy.contains(S.disable_id), on_reason=S.set_disable_reason,
                        on_confirm=S.confirm_disable, on_cancel=S.cancel_disable),

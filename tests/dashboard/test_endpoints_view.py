@@ -15,7 +15,6 @@ from dashboard.components.shell import header
 from dashboard.pages.endpoints import endpoints_page
 from dashboard.state.endpoints import (EndpointsState, endpoint_item, form_values,
                                        no_errors)
-from dashboard.state.session import DASHBOARD_ACTOR
 from jobs.operations.endpoints import list_endpoints_overview
 from jobs.policy import DEFAULT_POLICY
 from models.audit import AuditLog
@@ -23,6 +22,7 @@ from models.deliveries import Delivery, Message
 from models.endpoints import Application, Endpoint
 from models.enums import DeliveryStatus
 from tests.factories import FAST_POLICY, make_endpoint
+from tests.dashboard.sessions import actor_of, signed_in
 
 URL = "http://127.0.0.1:9/hook"
 
@@ -35,7 +35,7 @@ async def backend(db: str) -> AsyncIterator[None]:
 
 async def loaded() -> tuple[rx.State, EndpointsState]:
     """A fresh session after the page load, with its delta cleared."""
-    root = rx.State()
+    root = await signed_in()
     state = await root.get_state(EndpointsState)
     await state.load()
     root._clean()
@@ -99,7 +99,7 @@ async def test_disable_asks_for_a_reason_then_disables_and_audits(backend):
     stored = await Endpoint.get(id=endpoint.id)
     assert (stored.enabled, stored.disabled_reason) == (False, "receiver migrating")
     [audit] = await AuditLog.all()
-    assert (audit.action, audit.actor) == ("endpoint.disable", DASHBOARD_ACTOR)
+    assert (audit.action, audit.actor) == ("endpoint.disable", actor_of("admin"))
 
 
 async def test_blank_reason_keeps_the_dialog_open_with_the_error(backend):
@@ -172,7 +172,7 @@ async def test_retry_editor_shows_inline_errors_and_saves_nothing_until_valid(ba
     assert (await Endpoint.get(id=endpoint.id)).retry_config == expected
     assert row_of(state, endpoint.id)["retry_summary"] == "4 retries · fixed 30 s · jitter"
     [audit] = await AuditLog.all()
-    assert (audit.action, audit.actor) == ("endpoint.retry_config", DASHBOARD_ACTOR)
+    assert (audit.action, audit.actor) == ("endpoint.retry_config", actor_of("admin"))
 
 
 async def test_retry_editor_resets_to_the_default_policy(backend):

@@ -20,6 +20,7 @@ from dashboard.state.panels import ALL_PANELS, Panel, panels_for_events
 from dashboard.state.scheduler import SchedulerState
 from jobs.events import publish_event, publish_events
 from models.config import get_settings
+from tests.dashboard.sessions import actor_of, signed_in
 
 
 class Recorder:
@@ -185,7 +186,7 @@ class FakeApp:
 async def test_push_updates_every_watching_session_with_one_fetch(db, monkeypatch):
     from tests.dashboard.test_scheduler_state import make_dead_letter
 
-    watching, other = rx.State(), rx.State()
+    watching, other = await signed_in(), await signed_in()
     await (await watching.get_state(SchedulerState)).load()  # opened the Scheduler
     app = FakeApp({"tab-1": watching, "tab-2": other})
     fetches: list[frozenset[Panel]] = []
@@ -212,7 +213,7 @@ async def test_push_updates_every_watching_session_with_one_fetch(db, monkeypatc
 async def test_live_relay_lifespan_pushes_published_changes_and_stops_cleanly(db, redis):
     from tests.dashboard.test_scheduler_state import make_dead_letter
 
-    tab = rx.State()
+    tab = await signed_in()
     await (await tab.get_state(SchedulerState)).load()
     app = FakeApp({"tab-1": tab})
     dlq = await tab.get_state(DeadLetterState)

@@ -16,6 +16,7 @@ from dashboard.state.heartbeats import HeartbeatState
 from dashboard.state.rows import agent_item, cron_run_item
 from dashboard.state.scheduler import SchedulerState
 from models.queries import AgentRow, CronRunRow
+from tests.dashboard.sessions import actor_of, signed_in
 
 
 def nodes(tree: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -44,7 +45,7 @@ def agent(id_: str, status: str) -> AgentRow:
 
 
 async def test_empty_dlq_renders_empty_state_and_heartbeat_panel_without_retry_buttons(db):
-    root = rx.State()
+    root = await signed_in()
     await (await root.get_state(SchedulerState)).load()  # an empty database
     dlq = await root.get_state(DeadLetterState)
     beats = await root.get_state(HeartbeatState)

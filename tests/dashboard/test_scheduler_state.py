@@ -17,7 +17,6 @@ from dashboard.state.dead_letters import RETRY_FAILED, DeadLetterState
 from dashboard.state.heartbeats import HeartbeatState
 from dashboard.state.panels import Panel, panels_for_events
 from dashboard.state.scheduler import SchedulerState
-from dashboard.state.session import DASHBOARD_ACTOR
 from jobs.queue import queue_name
 from models.agents import Agent
 from models.audit import AuditLog
@@ -26,6 +25,7 @@ from models.dead_letters import DeadLetter
 from models.deliveries import Delivery, Message
 from models.endpoints import Application, Endpoint
 from models.enums import AgentStatus, CronRunStatus, DeadLetterStatus, DeliveryStatus
+from tests.dashboard.sessions import actor_of, signed_in
 
 
 @pytest_asyncio.fixture
@@ -51,7 +51,7 @@ async def make_dead_letter(url: str = "http://127.0.0.1:9/hook") -> DeadLetter:
 
 async def session_states() -> tuple[rx.State, DeadLetterState]:
     """A fresh session's root state, loaded the way the page load does it, and its DLQ state."""
-    root = rx.State()
+    root = await signed_in()
     await (await root.get_state(SchedulerState)).load()
     root._clean()
     return root, await root.get_state(DeadLetterState)
@@ -101,7 +101,7 @@ async def test_retry_dlq_entry_moves_entry_to_pending_and_renders_queued(backend
     assert new.status == DeliveryStatus.QUEUED
     assert await backend.zcard(queue_name()) == 1
     [audit] = await AuditLog.filter(action="dlq.retry")
-    assert audit.actor == DASHBOARD_ACTOR
+    assert audit.actor == actor_of("admin")
 
     # rendered: the entry's row shows the pending "Queued" badge and no "Failed" one
     html = str(dead_letter_row(entry, busy=False, on_retry=dlq.__class__.retry_dlq_entry(dead.id)))
@@ -154,7 +154,7 @@ async def test_page_load_fills_every_panel_from_the_database(backend):
     await Agent.create(id="worker@b:2", host="b", pid=2, status=AgentStatus.ALIVE,
                        last_seen=now - timedelta(minutes=5))
 
-    root = rx.State()
+    root = await signed_in()
     await (await root.get_state(SchedulerState)).load()
 
     cron = await root.get_state(CronState)
