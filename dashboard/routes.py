@@ -7,10 +7,14 @@ from typing import NamedTuple
 HOME = "/"
 SCHEDULER = "/scheduler"
 ENDPOINTS = "/endpoints"
+DLQ = "/dlq"
 LOGIN = "/login"
 
-# Routes that show the Scheduler view (the operator's home); the live relay pushes to them.
+# Routes that show the Scheduler view (the operator's home).
 SCHEDULER_ROUTES = frozenset({HOME, SCHEDULER})
+# Routes the live relay pushes to (SchedulerState._wants_push): the Scheduler view, and the
+# DLQ page, whose Retry All progress cards must move live (its load sets the watching flag).
+LIVE_ROUTES = SCHEDULER_ROUTES | {DLQ}
 # Reflex names the index page "index": `state.router.route_id` is "/index" on "/".
 _INDEX_ROUTE_ID = "/index"
 
@@ -25,10 +29,11 @@ class NavItem(NamedTuple):
 NAV: tuple[NavItem, ...] = (
     NavItem("Scheduler", SCHEDULER, "calendar-clock"),
     NavItem("Endpoints", ENDPOINTS, "webhook"),
+    NavItem("Dead letters", DLQ, "inbox"),
 )
 
 
-def is_scheduler_route(route: str) -> bool:
-    """Whether a page route or `state.router.route_id` shows the Scheduler view."""
+def is_live_route(route: str) -> bool:
+    """Whether a page route or `state.router.route_id` gets live pushes (LIVE_ROUTES)."""
     route = "/" + route.strip("/")
-    return route in SCHEDULER_ROUTES or route == _INDEX_ROUTE_ID
+    return route in LIVE_ROUTES or route == _INDEX_ROUTE_ID

@@ -31,12 +31,16 @@ class AttemptResult:
     retry_after_s: float | None = None
 
 
-def webhook_body(message: Any) -> bytes:
-    """The JSON body receivers get: type, timestamp and the producer's payload as `data`."""
+def webhook_body(message: Any, payload_changes: dict[str, Any] | None = None) -> bytes:
+    """The JSON body receivers get: type, timestamp and the producer's payload as `data`
+    (with `payload_changes` replacing fields of it: a sandbox retry's payload overrides)."""
+    data = message.payload
+    if payload_changes:
+        data = {**data, **payload_changes} if isinstance(data, dict) else payload_changes
     return json.dumps({
         "type": message.event_type,
         "timestamp": message.created_at.astimezone(UTC).isoformat(),
-        "data": message.payload,
+        "data": data,
     }, separators=(",", ":")).encode()
 
 

@@ -7,6 +7,7 @@ into arq `cron(...)` entries, and `recorded()` wraps each run in a CronRun row.
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,7 @@ from croniter import croniter
 
 from jobs.deliver import recover_stale_running
 from jobs.events import publish_event
-from jobs.queue import enqueue_delivery
+from jobs.queue import BATCH_SIZE, enqueue_bulk_batch, enqueue_delivery
 from models.cron import CronJob, CronRun
 from models.deliveries import Delivery
 from models.enums import CronRunStatus, DeliveryStatus
@@ -45,11 +46,19 @@ async def reconcile_deliveries(ctx: dict[str, Any]) -> dict[str, int]:
     now = datetime.now(UTC)
     stale = now - timedelta(seconds=STALE_QUEUED_S)
     queued = await Delivery.filter(status=DeliveryStatus.QUEUED, created_at__lt=stale).values_list(
-        "id", "attempts")
+        "id", "attempts", "bulk_operation_id")
     retrying = await Delivery.filter(status=DeliveryStatus.RETRYING,
-                                     next_attempt_at__lt=stale).values_list("id", "attempts")
-    for delivery_id, attempts in [*queued, *retrying]:
-        await enqueue_delivery(ctx["redis"], delivery_id, attempts + 1)
+                                     next_attempt_at__lt=stale).values_list(
+        "id", "attempts", "bulk_operation_id")
+    bulk: dict[int, list[int]] = defaultdict(list)
+    for delivery_id, attempts, operation_id in [*queued, *retrying]:
+        if operation_id:  # back to the bulk lane: paced, and its cancel flag still honoured
+            bulk[operation_id].append(delivery_id)
+        else:
+            await enqueue_delivery(ctx["redis"], delivery_id, attempts + 1)
+    for operation_id, ids in bulk.items():
+        for start in range(0, len(ids), BATCH_SIZE):
+            await enqueue_bulk_batch(ctx["redis"], ids[start:start + BATCH_SIZE], operation_id)
     recovered = await recover_stale_running(ctx)
     return {"requeued": len(queued) + len(retrying), "recovered": recovered}
 

@@ -23,7 +23,8 @@ from jobs.attempt import (ATTEMPT_DEADLINE_S, AttemptResult, DirectPoster, no_at
                           webhook_body)
 from jobs.http import make_poster
 from jobs.classify import Outcome
-from jobs.outcomes import Finished, record_outcomes
+from jobs.operations import bulk
+from jobs.outcomes import Finished, record_outcomes, sandbox_overrides
 from jobs.queue import enqueue_batch
 from jobs.metrics import DeliveryMetrics
 from jobs.signing import signing_secrets, signature_headers
@@ -101,6 +102,8 @@ async def attempt_one(ctx: dict[str, Any], delivery: Delivery) -> Finished:
     endpoint = delivery.endpoint
     if endpoint is None:
         return Finished(delivery, no_attempt("endpoint_deleted"), attempted=False)
+    if (sandbox := sandbox_overrides(delivery)) is not None:  # not the endpoint's URL
+        return await _attempt_sandbox(ctx, delivery, sandbox)
     if not endpoint.enabled:
         return Finished(delivery, no_attempt("endpoint_disabled"), attempted=False)
     body = webhook_body(delivery.message)
@@ -118,6 +121,18 @@ async def attempt_one(ctx: dict[str, Any], delivery: Delivery) -> Finished:
     span.set_status(result.status_code)
     span.set_outcome(result.outcome.kind, result.outcome.reason)
     return Finished(delivery, result, span=span)
+
+
+async def _attempt_sandbox(ctx: dict[str, Any], delivery: Delivery,
+                           overrides: dict[str, Any]) -> Finished:
+    """A sandbox retry: the override URL (guarded like any destination, no redirects), extra
+    headers, changed payload fields; signed with the endpoint's secret as usual."""
+    endpoint = delivery.endpoint
+    body = webhook_body(delivery.message, overrides.get("payload"))
+    headers = {**overrides.get("headers", {}), **signature_headers(
+        signing_secrets(endpoint), f"msg_{delivery.message.id}", int(time.time()), body)}
+    result = await _poster(ctx).post(overrides["url"], body, headers)
+    return Finished(delivery, result)
 
 
 async def run_claimed(ctx: dict[str, Any], deliveries: list[Delivery],
@@ -213,8 +228,17 @@ async def stop_detached(ctx: dict[str, Any], grace_s: float = 3.0) -> None:
         await enqueue_batch(ctx["redis"], ids)
 
 
-async def deliver_batch(ctx: dict[str, Any], delivery_ids: list[int]) -> dict[str, int]:
-    """arq job (fast lane): first attempts of up to a batch of deliveries."""
+async def deliver_batch(ctx: dict[str, Any], delivery_ids: list[int],
+                        operation_id: int | None = None) -> dict[str, int]:
+    """arq job (fast lane): first attempts of up to a batch of deliveries.
+
+    A batch of a bulk operation (`operation_id`, on the bulk lane) first reads the operation's
+    cancel flag, once: a cancelled operation's deliveries are marked `cancelled`, not started.
+    """
+    if operation_id is not None and (
+            cancelled := await bulk.cancel_queued(ctx["redis"], operation_id, delivery_ids)
+    ) is not None:
+        return {"claimed": 0, "cancelled": cancelled}
     deliveries = await claim(delivery_ids)
     if not deliveries:
         return {"claimed": 0}

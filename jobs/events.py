@@ -3,7 +3,8 @@
 Every event is a small JSON object `{"type": ..., ...}` on the channel
 `{namespace}:events` (see models.config.Settings.events_channel). Types in use:
 `delivery.updated` (id, status), `dlq.changed` (id, status), `cron.changed` (name),
-`agent.heartbeat` (id). Subscribers treat them as "refresh that panel" hints.
+`agent.heartbeat` (id), `bulk.progress` (id, state, total, completed, succeeded, failed,
+cancelled, skipped; once per batch). Subscribers treat them as "refresh that panel" hints.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import math
+import time
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -236,7 +237,8 @@ async def _read_redis(snapshot: FleetSnapshot, redis: Redis | None, now: datetim
         pipe.get(keys.retries)
         pipe.hgetall(keys.duration)
         pipe.zcard(queue_name())
-        pipe.zcount(queue_name(), "-inf", int(now.timestamp() * 1000))
+        # arq scores jobs with round(time * 1000): compare with the same rounding, read now
+        pipe.zcount(queue_name(), "-inf", round(time.time() * 1000))
         outcomes, retries, duration, depth, due = await pipe.execute()
     snapshot.outcomes = {}
     for raw_field, n in outcomes.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ from tortoise.transactions import in_transaction
 
 from jobs.attempt import AttemptResult
 from jobs.events import publish_events
+from jobs.operations import bulk
 from jobs.policy import RetryPolicy, policy_for
 from jobs.queue import enqueue_delivery
 from jobs.tracing import NOOP_SPAN, NoopAttemptSpan
@@ -60,8 +62,20 @@ def _log_attempt(ctx: dict[str, Any], f: Finished, status: DeliveryStatus,
         "delay_ms": round(delay_s * 1000) if delay_s is not None else None}))
 
 
+def _retry_metadata(delivery: Delivery) -> dict[str, Any]:
+    return (delivery.metadata or {}).get("__retry_metadata") or {}
+
+
+def sandbox_overrides(delivery: Delivery) -> dict[str, Any] | None:
+    """The overrides of a sandbox retry (url, headers, payload); None for any other delivery."""
+    meta = _retry_metadata(delivery)
+    return meta.get("overrides", {}) if meta.get("sandbox") else None
+
+
 def _dlq_id(delivery: Delivery) -> int | None:
-    return (delivery.metadata or {}).get("__retry_metadata", {}).get("dead_letter_id")
+    """The DLQ entry a retry re-delivers (a sandbox retry's outcome never touches it)."""
+    meta = _retry_metadata(delivery)
+    return None if meta.get("sandbox") else meta.get("dead_letter_id")
 
 
 async def record_outcomes(ctx: dict[str, Any], finished: list[Finished]) -> dict[str, int]:
@@ -108,11 +122,30 @@ async def record_outcomes(ctx: dict[str, Any], finished: list[Finished]) -> dict
         if entry_id:
             events.append({"type": "dlq.changed", "id": entry_id, "status": "active"})
     await _update_health(finished, now)
+    if progress := _bulk_progress(finished):  # deliveries of bulk operations: once per batch
+        events += await bulk.record_progress(ctx["redis"], *progress)
     events = updates + events
     await publish_events(ctx["redis"], events)
     for f in finished:
         f.span.end()
     return dict(counts)
+
+
+def _bulk_progress(finished: list[Finished]) -> tuple[dict[int, tuple[int, int]],
+                                                    dict[int, dict[int, float]]] | None:
+    """Per bulk operation in the batch: (succeeded, failed), and endpoints that said
+    Retry-After (the walker holds them back); None when the batch has none (no I/O)."""
+    counts: dict[int, list[int]] = {}
+    holds: dict[int, dict[int, float]] = defaultdict(dict)
+    for f in finished:
+        if (op_id := f.delivery.bulk_operation_id) is None:  # type: ignore[attr-defined]
+            continue
+        counts.setdefault(op_id, [0, 0])[0 if f.result.outcome.ok else 1] += 1
+        if f.result.retry_after_s and f.delivery.endpoint:
+            holds[op_id][f.delivery.endpoint.id] = time.time() + f.result.retry_after_s
+    if not counts:
+        return None
+    return {k: (v[0], v[1]) for k, v in counts.items()}, dict(holds)
 
 
 async def _record_failure(ctx: dict[str, Any], f: Finished,
@@ -121,7 +154,18 @@ async def _record_failure(ctx: dict[str, Any], f: Finished,
     endpoint: Endpoint | None = delivery.endpoint
     policy = policy_for(endpoint.retry_config) if endpoint else None
     number = delivery.attempts
-    if result.outcome.kind == "retryable" and policy and number < policy.max_attempts:
+    bulk_op = delivery.bulk_operation_id  # type: ignore[attr-defined]
+    if sandbox_overrides(delivery) is not None:  # one try, reported, never dead-lettered
+        await Delivery.filter(id=delivery.id).update(
+            status=DeliveryStatus.FAILED, finished_at=now, last_status_code=result.status_code,
+            last_error=result.error_message or result.outcome.reason, updated_at=now)
+        if (metrics := ctx.get("metrics")) is not None:
+            metrics.record("failed", result.outcome.reason, _duration_s(f))
+        _log_attempt(ctx, f, DeliveryStatus.FAILED)
+        return DeliveryStatus.FAILED, None
+    # a bulk retry gets one attempt (its operation's progress must end); others follow the policy
+    if (result.outcome.kind == "retryable" and policy and number < policy.max_attempts
+            and bulk_op is None):
         delay = policy.delay(number)
         if result.retry_after_s is not None:
             delay = min(max(delay, result.retry_after_s), policy.max_delay)
@@ -136,7 +180,7 @@ async def _record_failure(ctx: dict[str, Any], f: Finished,
         _log_attempt(ctx, f, DeliveryStatus.RETRYING, delay)
         return DeliveryStatus.RETRYING, None
     reason = result.outcome.reason or "failed"
-    if result.outcome.kind == "retryable":
+    if result.outcome.kind == "retryable" and bulk_op is None:
         reason = "max_attempts_exceeded"
     entry_id = await dead_letter(delivery, endpoint, result, policy, reason, _dlq_id(delivery))
     if (metrics := ctx.get("metrics")) is not None:
@@ -187,12 +231,14 @@ async def _update_health(finished: list[Finished], now: datetime) -> None:
     """A success heals its endpoint; failures extend its failing run; 410 or a long run of
     failures disables it (new deliveries then go straight to the DLQ)."""
     healthy = {f.delivery.endpoint.id for f in finished  # type: ignore[union-attr]
-               if f.result.outcome.ok and f.delivery.endpoint}
+               if f.result.outcome.ok and f.delivery.endpoint
+               and sandbox_overrides(f.delivery) is None}
     failing: dict[int, int] = defaultdict(int)
     gone: set[int] = set()
     for f in finished:
         endpoint = f.delivery.endpoint
-        if endpoint is None or f.result.outcome.ok or not f.attempted:
+        if endpoint is None or f.result.outcome.ok or not f.attempted \
+                or sandbox_overrides(f.delivery) is not None:  # another URL: not its health
             continue
         if f.result.outcome.reason == "endpoint_gone":
             gone.add(endpoint.id)

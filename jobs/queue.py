@@ -17,6 +17,12 @@ def queue_name() -> str:
     return f"{get_settings().namespace}:queue"
 
 
+def bulk_queue_name() -> str:
+    """The arq queue of bulk operations (walkers and their deliveries): its own lane, so a
+    large replay never delays live traffic on `queue_name()`."""
+    return f"{get_settings().namespace}:bulk"
+
+
 def redis_settings(url: str | None = None) -> RedisSettings:
     url = url or get_settings().redis_url
     if not url:
@@ -54,3 +60,11 @@ async def enqueue_batch(redis: ArqRedis, delivery_ids: Iterable[int],
     for chunk in chunks:
         await redis.enqueue_job("deliver_batch", chunk, _queue_name=queue_name())
     return len(chunks)
+
+
+async def enqueue_bulk_batch(redis: ArqRedis, delivery_ids: list[int], operation_id: int,
+                             defer_s: float | None = None) -> None:
+    """Hand deliveries of a bulk operation to the bulk lane as one `deliver_batch` job; the job
+    reads the operation's cancel flag once before claiming them."""
+    await redis.enqueue_job("deliver_batch", delivery_ids, operation_id,
+                            _queue_name=bulk_queue_name(), _defer_by=defer_s or None)

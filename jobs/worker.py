@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from arq.connections import RedisSettings
+from arq.worker import func
 
 from jobs.cron import arq_cron_jobs, register_cron_jobs
 from jobs.attempt import ATTEMPT_DEADLINE_S
@@ -15,6 +16,8 @@ from jobs.deliver import close_context, deliver, deliver_batch, init_context, st
 from jobs.heartbeats import beat, heartbeat_loop, worker_id
 from jobs.http import make_client
 from jobs.metrics import start_flushing, stop_flushing
+from jobs.operations.bulk import SEGMENT_S, resume_walkers, walk_bulk_operation
+from jobs.queue import bulk_queue_name as _bulk_queue_name
 from jobs.queue import queue_name as _queue_name
 from jobs.queue import redis_settings
 from models.config import get_settings
@@ -38,15 +41,31 @@ def _configure_logging() -> None:
 _configure_logging()
 
 
-async def startup(ctx: dict[str, Any]) -> None:
+async def _start(ctx: dict[str, Any]) -> None:
     await init_db()
     ctx["http"] = make_client()
     init_context(ctx)
     start_flushing(ctx)
     ctx["agent_id"] = worker_id()
-    await register_cron_jobs()
+
+
+async def _start_heartbeat(ctx: dict[str, Any]) -> None:
     await beat(ctx["agent_id"], ctx["redis"])
     ctx["heartbeat"] = asyncio.create_task(heartbeat_loop(ctx["agent_id"], ctx["redis"]))
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    await _start(ctx)
+    await register_cron_jobs()
+    await _start_heartbeat(ctx)
+
+
+async def bulk_startup(ctx: dict[str, Any]) -> None:
+    """The bulk lane's worker: no cron (the delivery workers run it); walkers interrupted by
+    a restart are resumed."""
+    await _start(ctx)
+    await _start_heartbeat(ctx)
+    await resume_walkers(ctx["redis"])
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -88,3 +107,25 @@ class WorkerSettings:
     wait_for_job_completion_on_signal_second = 3
     poll_delay = 0.05
     health_check_key = f"{_queue_name()}:health-check"
+
+
+class BulkWorkerSettings:
+    """`arq jobs.worker.BulkWorkerSettings`: the bulk lane (Retry All walkers and their
+    deliveries) on its own queue, so a large replay never delays live traffic.
+
+    A plain class like WorkerSettings (arq reads the class's own attributes, not inherited ones).
+    """
+
+    functions = [func(walk_bulk_operation, name="walk_bulk_operation",
+                      timeout=SEGMENT_S + 60, max_tries=3), deliver_batch, deliver]
+    on_startup = bulk_startup
+    on_shutdown = shutdown
+    queue_name = _bulk_queue_name()
+    redis_settings = _redis_settings()
+    max_jobs = 32
+    job_timeout = WorkerSettings.job_timeout
+    max_tries = WorkerSettings.max_tries
+    keep_result = WorkerSettings.keep_result
+    wait_for_job_completion_on_signal_second = 3
+    poll_delay = WorkerSettings.poll_delay
+    health_check_key = f"{_bulk_queue_name()}:health-check"

@@ -8,6 +8,8 @@ from tortoise.models import Model
 from models.enums import BulkKind, BulkState
 
 
+# Live figures are in the Redis hash (jobs.operations.bulk); the row holds what a restart needs
+# (state, the walker's cursor and figures) and, once finished, the final figures.
 class BulkOperation(Model):
     id = fields.IntField(primary_key=True)
     kind = fields.CharEnumField(BulkKind, max_length=16)
@@ -21,6 +23,13 @@ class BulkOperation(Model):
     succeeded = fields.IntField(default=0)
     failed = fields.IntField(default=0)
     cancelled_count = fields.IntField(default=0)
+    skipped = fields.IntField(default=0)  # entries left alone (no longer active, endpoint off)
+    handed = fields.IntField(default=0)  # deliveries created and handed to the fast lane
+    cursor = fields.IntField(default=0)  # the highest entry id the walker has passed
+    canary = fields.JSONField(null=True)  # {"count": N, "max_failure_pct": X}
+    canary_passed = fields.BooleanField(default=False)
+    halted_reason = fields.CharField(max_length=500, null=True)
+    walked_at = fields.DatetimeField(null=True)  # the walker reached the end of the scope
     started_at = fields.DatetimeField(auto_now_add=True)
     finished_at = fields.DatetimeField(null=True)
 

@@ -11,6 +11,17 @@ def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, "").strip() or default
 
 
+_TRUTHY = {"1", "true", "yes", "on"}
+
+
+def _float_env(name: str, default: float) -> float:
+    """A non-negative number, or `default` when unset or not a number."""
+    try:
+        return max(float(_env(name) or default), 0.0)
+    except ValueError:
+        return default
+
+
 @dataclass(frozen=True)
 class Settings:
     """Observatory's configuration; every field comes from one environment variable."""
@@ -24,6 +35,12 @@ class Settings:
     )
     # prefix of Redis keys and pub/sub channels (channels are not scoped by DB number)
     namespace: str = field(default_factory=lambda: _env("OBSERVATORY_NAMESPACE", "observatory"))
+    # truthy (1/true/yes/on): bulk and destructive actions need a reason (kept in the audit log)
+    require_reason: bool = field(
+        default_factory=lambda: _env("OBSERVATORY_REQUIRE_REASON").lower() in _TRUTHY)
+    # bulk retries per second and endpoint (0 = unpaced), so a replay never floods a receiver
+    bulk_rate_per_endpoint: float = field(
+        default_factory=lambda: _float_env("OBSERVATORY_BULK_RATE_PER_ENDPOINT", 50.0))
 
     @property
     def resolved_database_url(self) -> str:

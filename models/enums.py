@@ -43,6 +43,8 @@ class BulkKind(StrEnum):
 class BulkState(StrEnum):
     RUNNING = "running"
     PAUSED = "paused"
+    HALTED = "halted"  # stopped by its canary; resume goes on, cancel gives up
+    CANCELLING = "cancelling"  # cancel asked; deliveries in flight still finishing
     CANCELLED = "cancelled"
     COMPLETED = "completed"
     FAILED = "failed"

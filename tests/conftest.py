@@ -140,13 +140,15 @@ async def run_worker(redis, db) -> AsyncIterator:
         await close_context(ctx)
 
     async def run(**overrides) -> Worker:
-        worker = Worker(
+        """`overrides` go to arq's Worker, e.g. `functions=BulkWorkerSettings.functions,
+        queue_name=BulkWorkerSettings.queue_name` for the bulk lane."""
+        settings = dict(
             functions=WorkerSettings.functions, queue_name=WorkerSettings.queue_name,
             redis_settings=redis_settings(), burst=True, poll_delay=0, on_startup=startup,
             on_shutdown=shutdown,
             max_tries=WorkerSettings.max_tries, job_timeout=WorkerSettings.job_timeout,
-            handle_signals=False, **overrides,
-        )
+            handle_signals=False)
+        worker = Worker(**{**settings, **overrides})
         try:
             await worker.main()
         finally:

@@ -156,6 +156,8 @@ OPENAPI = build_openapi(
     routes, bodies={"create_app": AppIn, "create_endpoint": EndpointIn, "publish": MessageIn,
             "publish_batch": MessageBatchIn, **endpoint_bodies, **dlq_bodies,
             **operation_bodies},
-    public={"/v1/health", "/v1/openapi.json"})
+    public={"/v1/health", "/v1/openapi.json"},
+    optional=frozenset({"retry_dlq_entry", "archive_dlq_entry", "delete_dlq_entry", "rotate_secret",
+                        "cancel_operation", "pause_operation", "resume_operation"}))
 
 api = Starlette(routes=[*routes, metrics_route], exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]

@@ -18,8 +18,9 @@ ERROR_SCHEMA = {
 
 
 def build_openapi(routes: list[Route], bodies: dict[str, type[BaseModel]],
-                  public: set[str]) -> dict[str, Any]:
-    """One operation per route and method; `bodies` maps endpoint names to request models."""
+                  public: set[str], optional: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """One operation per route and method; `bodies` maps endpoint names to request models
+    (required unless the name is in `optional`: an empty body is accepted)."""
     paths: dict[str, dict[str, Any]] = {}
     schemas: dict[str, Any] = {"Error": ERROR_SCHEMA}
     for route in routes:
@@ -41,7 +42,7 @@ def build_openapi(routes: list[Route], bodies: dict[str, type[BaseModel]],
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(schema.pop("$defs", {}))
                 schemas[model.__name__] = schema
-                op["requestBody"] = {"required": True, "content": {"application/json": {
+                op["requestBody"] = {"required": name not in optional, "content": {"application/json": {
                     "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
             if route.path not in public:
                 op["security"] = [{"bearer": []}]

@@ -27,6 +27,7 @@ from models.config import get_settings
 VENV_BIN = Path(sys.executable).parent
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER_SETTINGS = "jobs.worker.WorkerSettings"
+BULK_WORKER_SETTINGS = "jobs.worker.BulkWorkerSettings"
 GRACE_S = 10.0  # SIGTERM → SIGKILL
 MAX_BACKOFF_S = 30.0
 STABLE_AFTER_S = 30.0  # a child that ran this long restarts after the shortest delay again
@@ -204,6 +205,11 @@ def worker_specs(count: int, env: dict[str, str]) -> list[ChildSpec]:
     return [ChildSpec(f"worker-{i}", argv, env) for i in range(1, count + 1)]
 
 
+def bulk_worker_spec(env: dict[str, str]) -> ChildSpec:
+    """One worker on the bulk lane (Retry All walkers and their deliveries)."""
+    return ChildSpec("bulk", [_tool("arq"), BULK_WORKER_SETTINGS], env)
+
+
 def web_spec(port: int, env: dict[str, str]) -> ChildSpec:
     """Reflex in production mode, UI + websocket + /v1 API on one port, one backend worker."""
     env = {**env, "REFLEX_USE_NPM": "1"}
@@ -363,7 +369,8 @@ def _facts(options: UpOptions, url: str, data_dir: Path, redis_url: str,
                   if embedded else "REDIS_URL"),
         "database": ("DATABASE_URL (" + settings.database_url.split(":", 1)[0] + ")"
                      if settings.database_url else f"SQLite {data_dir / 'observatory.db'}"),
-        "workers": f"{options.workers} x arq {WORKER_SETTINGS}",
+        "workers": f"{options.workers} x arq {WORKER_SETTINGS}"
+                   + (f", 1 x arq {BULK_WORKER_SETTINGS}" if options.workers else ""),
     }
     if demo_port:
         facts["demo"] = (f"receiver http://127.0.0.1:{demo_port} (/ok /flaky /gone /slow), "
@@ -392,6 +399,8 @@ def serve(options: UpOptions) -> int:
         env = base_env(redis_url, data_dir, demo=options.demo)
         for spec in worker_specs(options.workers, env):
             supervisor.add(spec)
+        if options.workers:
+            supervisor.add(bulk_worker_spec(env))
         web = supervisor.add(web_spec(options.port, env))
         url = f"http://127.0.0.1:{options.port}"
         if not wait_until_ready(f"{url}/v1/health", supervisor, stop, options.ready_timeout_s):

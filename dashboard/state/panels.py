@@ -14,6 +14,7 @@ from typing import TypedDict
 from dashboard import runtime
 from dashboard.state.rows import (AgentItem, CronRunItem, DeadLetterItem, agent_item,
                                   cron_run_item, dead_letter_item)
+from dashboard.state.bulk import OperationItem, load_operations
 from models import queries
 
 
@@ -21,13 +22,16 @@ class Panel(StrEnum):
     CRON = "cron"
     DEAD_LETTERS = "dead_letters"
     HEARTBEATS = "heartbeats"
+    OPERATIONS = "operations"  # bulk operations (Retry All) and their progress
 
 
 ALL_PANELS: frozenset[Panel] = frozenset(Panel)
 
 # Event type (jobs/events.py) -> the panels it can change. Unknown types refresh everything.
 _PANELS_BY_EVENT: dict[str, frozenset[Panel]] = {
-    "dlq.changed": frozenset({Panel.DEAD_LETTERS}),
+    # ...and the "new failures since it was confirmed" of a bulk operation in progress
+    "dlq.changed": frozenset({Panel.DEAD_LETTERS, Panel.OPERATIONS}),
+    "bulk.progress": frozenset({Panel.OPERATIONS}),
     # a delivery that fails for good adds a DLQ entry; a retry's outcome resolves one
     "delivery.updated": frozenset({Panel.DEAD_LETTERS}),
     "cron.changed": frozenset({Panel.CRON}),
@@ -42,6 +46,7 @@ class PanelData(TypedDict, total=False):
     cron_upcoming: list[CronRunItem]
     cron_recent: list[CronRunItem]
     agents: list[AgentItem]
+    operations: list[OperationItem]
     refreshed_at: str  # ISO time of the load
 
 
@@ -69,4 +74,6 @@ async def fetch_panels(panels: Iterable[Panel] = ALL_PANELS) -> PanelData:
         data["cron_recent"] = [r for r in runs if r["id"] is not None]
     if Panel.HEARTBEATS in wanted:
         data["agents"] = [agent_item(r) for r in await queries.list_agents()]
+    if Panel.OPERATIONS in wanted:
+        data["operations"] = await load_operations()
     return data

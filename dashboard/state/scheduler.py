@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import reflex as rx
 
-from dashboard.routes import is_scheduler_route
+from dashboard.routes import is_live_route
+from dashboard.state.bulk import BulkRetryState
 from dashboard.state.cron import CronState
 from dashboard.state.dead_letters import DeadLetterState
 from dashboard.state.heartbeats import HeartbeatState
@@ -31,7 +32,7 @@ class SchedulerState(rx.State):
     def _wants_push(self) -> bool:
         """Whether the relay should refresh this session (it shows the Scheduler now)."""
         route = self.router.route_id
-        return self._watching and (not route or is_scheduler_route(route))
+        return self._watching and (not route or is_live_route(route))
 
 
 async def apply_panels(state: rx.State, data: PanelData) -> None:
@@ -42,6 +43,9 @@ async def apply_panels(state: rx.State, data: PanelData) -> None:
     """
     if "dead_letters" in data:
         (await state.get_state(DeadLetterState))._apply(data["dead_letters"])
+        await (await state.get_state(BulkRetryState)).note_entries()
+    if "operations" in data:
+        (await state.get_state(BulkRetryState))._apply(data["operations"])
     if "cron_upcoming" in data and "cron_recent" in data:
         (await state.get_state(CronState))._apply(data["cron_upcoming"], data["cron_recent"])
     if "agents" in data:

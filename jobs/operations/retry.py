@@ -1,23 +1,97 @@
-"""Retry one dead-letter entry: the rule shared by the dashboard, REST and CLI."""
+"""Retry one dead-letter entry: the rule shared by the dashboard, REST and CLI.
+
+A normal retry re-delivers the entry's message to its endpoint (entry → `retrying`). A sandbox
+retry sends it to another URL, optionally with extra headers and changed payload fields, to
+test a fix without touching production: the entry keeps its status, its outcome neither
+resolves the entry nor adds one to the DLQ, and it counts nothing against the endpoint.
+"""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from arq.connections import ArqRedis
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ValidationError as PydanticValidationError
 from tortoise.expressions import F
 from tortoise.transactions import in_transaction
 
 from jobs import audit
 from jobs.errors import (AlreadyInFlightError, ConfigurationGoneError, NotFoundError,
-                         NotRetryableError)
+                         NotRetryableError, ValidationError)
+from jobs.guard import DestinationBlockedError, check_url
 from jobs.events import publish_events
 from jobs.queue import enqueue_delivery
 from models.dead_letters import DeadLetter
 from models.deliveries import Delivery
 from models.endpoints import Endpoint
+from models.config import get_settings
 from models.enums import DeadLetterStatus, DeliveryStatus
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP header name (RFC 9110 token)
+#: headers a sandbox may not set: the signature set, and what the HTTP client owns
+RESERVED_HEADERS = frozenset({"webhook-id", "webhook-timestamp", "webhook-signature",
+                              "content-type", "content-length", "host", "transfer-encoding",
+                              "connection"})
+
+
+class RetryOverrides(BaseModel):
+    """What a sandbox retry changes: where it goes, extra headers, payload fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(None, min_length=1, max_length=2048,
+                            description="where to send it (required for a sandbox retry)")
+    headers: dict[str, str] = Field(default_factory=dict, max_length=20,
+                                    description="extra request headers (not the signature ones)")
+    payload: dict[str, Any] | None = Field(
+        None, description="fields replacing those of the message's payload (shallow merge)")
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _TOKEN.match(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"{name!r} is set by Observatory and cannot be overridden")
+            if len(text) > 1000 or "\r" in text or "\n" in text:
+                raise ValueError(f"the value of {name!r} must be one line of at most 1000 "
+                                 "characters")
+        return value
+
+    def is_empty(self) -> bool:
+        return self.url is None and not self.headers and self.payload is None
+
+
+def _overrides(raw: RetryOverrides | dict[str, Any] | None) -> RetryOverrides:
+    if isinstance(raw, RetryOverrides):
+        return raw
+    try:
+        return RetryOverrides.model_validate(raw or {})
+    except PydanticValidationError as exc:
+        fields = [{"field": ".".join(["overrides", *map(str, e["loc"])]), "rule": e["type"],
+                   "message": e["msg"]} for e in exc.errors()]
+        raise ValidationError(f"{fields[0]['field']}: {fields[0]['message']}",
+                              {"fields": fields}) from exc
+
+
+def _sandbox_target(overrides: RetryOverrides) -> str:
+    """The sandbox URL, checked like an endpoint's (scheme, host, SSRF guard)."""
+    if overrides.url is None:
+        raise ValidationError(
+            "overrides.url: required for a sandbox retry (a sandbox never goes to the "
+            "production endpoint unless you give its URL)",
+            {"fields": [{"field": "overrides.url", "rule": "missing",
+                         "message": "required for a sandbox retry"}]})
+    try:
+        check_url(overrides.url, get_settings().destination_allowlist)
+    except (ValueError, DestinationBlockedError) as exc:
+        raise ValidationError(f"overrides.url: {exc}", {"fields": [
+            {"field": "overrides.url", "rule": "destination", "message": str(exc)}]}) from exc
+    return overrides.url
 
 
 class RetryResult(TypedDict):
@@ -25,22 +99,36 @@ class RetryResult(TypedDict):
     original_delivery_id: int
     delivery_id: int
     status: str
+    sandbox: bool
 
 
-async def retry_dead_letter(entry_id: int, actor: str, *, redis: ArqRedis) -> RetryResult:
-    """Re-deliver a DLQ entry's message as a NEW delivery and mark the entry `retrying`.
+async def retry_dead_letter(entry_id: int, actor: str, *, redis: ArqRedis, sandbox: bool = False,
+                            overrides: RetryOverrides | dict[str, Any] | None = None
+                            ) -> RetryResult:
+    """Re-deliver a DLQ entry's message as a NEW delivery and mark the entry `retrying`
+    (a sandbox retry, see the module's docstring, leaves the entry as it is).
 
     The failed delivery keeps its status and timestamps; the new one has `retry_of` set.
 
     Raises:
         NotFoundError: no such entry.
+        ValidationError: overrides without `sandbox`, a sandbox without `overrides.url`, or
+            an override that is not valid (naming the field).
         AlreadyInFlightError: a retry of this entry is already queued or running.
         NotRetryableError: the entry is resolved or archived.
         ConfigurationGoneError: its endpoint was deleted.
     """
+    changes = _overrides(overrides)
+    if not sandbox and not changes.is_empty():
+        raise ValidationError("overrides: only a sandbox retry can change the URL, headers or "
+                              "payload (send \"sandbox\": true)", {"fields": [
+                                  {"field": "overrides", "rule": "sandbox_only",
+                                   "message": "only with sandbox: true"}]})
     entry = await DeadLetter.get_or_none(id=entry_id)
     if entry is None:
         raise NotFoundError(f"DLQ entry {entry_id} does not exist")
+    if sandbox:
+        return await _sandbox_retry(entry, actor, changes, redis=redis)
     if entry.status == DeadLetterStatus.RETRYING:
         raise AlreadyInFlightError(f"A retry of DLQ entry {entry_id} is already in flight")
     if entry.status != DeadLetterStatus.ACTIVE:
@@ -78,4 +166,34 @@ async def retry_dead_letter(entry_id: int, actor: str, *, redis: ArqRedis) -> Re
         {"type": "delivery.updated", "id": delivery.id, "status": DeliveryStatus.QUEUED.value},
     ])
     return RetryResult(dead_letter_id=entry_id, original_delivery_id=original_id,
-                       delivery_id=delivery.id, status=DeliveryStatus.QUEUED.value)
+                       delivery_id=delivery.id, status=DeliveryStatus.QUEUED.value, sandbox=False)
+
+
+async def _sandbox_retry(entry: DeadLetter, actor: str, overrides: RetryOverrides, *,
+                         redis: ArqRedis) -> RetryResult:
+    target = _sandbox_target(overrides)
+    endpoint_id = entry.endpoint_id  # type: ignore[attr-defined]
+    endpoint = await Endpoint.get_or_none(id=endpoint_id) if endpoint_id else None
+    if endpoint is None:  # its secret signs the request
+        raise ConfigurationGoneError(
+            f"DLQ entry {entry.id}: the original configuration could not be found "
+            "(its endpoint was deleted)")
+    original_id: int = entry.delivery_id  # type: ignore[attr-defined]
+    async with in_transaction():
+        delivery = await Delivery.create(
+            message_id=entry.message_id,  # type: ignore[attr-defined]
+            endpoint=endpoint, status=DeliveryStatus.QUEUED, retry_of_id=original_id,
+            metadata={"__retry_metadata": {
+                "original_delivery_id": original_id, "dead_letter_id": entry.id,
+                "retry_count": entry.retry_count, "sandbox": True,
+                "overrides": overrides.model_dump(exclude_none=True)}},
+        )
+        await audit.record(actor, "dlq.sandbox_retry", "dead_letter", entry.id,
+                           original_delivery_id=original_id, new_delivery_id=delivery.id,
+                           url=target, header_names=sorted(overrides.headers),
+                           payload_fields=sorted(overrides.payload or {}))
+    await enqueue_delivery(redis, delivery.id)
+    await publish_events(redis, [
+        {"type": "delivery.updated", "id": delivery.id, "status": DeliveryStatus.QUEUED.value}])
+    return RetryResult(dead_letter_id=entry.id, original_delivery_id=original_id,
+                       delivery_id=delivery.id, status=DeliveryStatus.QUEUED.value, sandbox=True)

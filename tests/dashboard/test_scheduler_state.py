@@ -181,7 +181,8 @@ async def test_unchanged_reload_pushes_nothing(backend):
 
 
 @pytest.mark.parametrize(("types", "panels"), [
-    ({"dlq.changed"}, {Panel.DEAD_LETTERS}),
+    ({"dlq.changed"}, {Panel.DEAD_LETTERS, Panel.OPERATIONS}),
+    ({"bulk.progress"}, {Panel.OPERATIONS}),
     ({"delivery.updated", "cron.changed"}, {Panel.DEAD_LETTERS, Panel.CRON}),
     ({"agent.heartbeat"}, {Panel.HEARTBEATS}),
     ({"agent.heartbeat", "something.new"}, set(Panel)),

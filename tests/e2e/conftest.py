@@ -29,7 +29,9 @@ def stack(db, tmp_path: Path) -> Iterator[str]:
     """`observatory up` (1 worker, no demo) against the test database and Redis; yields its URL."""
     port = free_port()
     log_path = tmp_path / "stack.log"
-    env = {**os.environ, "OBSERVATORY_DATA_DIR": str(tmp_path / "data")}
+    # bulk work paced slowly enough for a browser to watch it move (and cancel it mid-way)
+    env = {"OBSERVATORY_BULK_RATE_PER_ENDPOINT": "5", **os.environ,
+           "OBSERVATORY_DATA_DIR": str(tmp_path / "data")}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [str(Path(sys.executable).parent / "observatory"), "up", "--port", str(port),

@@ -8,11 +8,12 @@ import pytest
 
 from jobs.cron import CronSpec, arq_cron_jobs, reconcile_deliveries, recorded, register_cron_jobs
 from jobs.operations.publish import publish_message
-from jobs.queue import queue_name
+from jobs.queue import bulk_queue_name, queue_name
+from models.bulk import BulkOperation
 from models import queries
 from models.cron import CronJob, CronRun
-from models.deliveries import Delivery
-from models.enums import CronRunStatus, DeliveryStatus
+from models.deliveries import Delivery, Message
+from models.enums import BulkKind, CronRunStatus, DeliveryStatus
 from tests.factories import make_endpoint
 
 
@@ -71,3 +72,18 @@ async def test_reconciler_requeues_due_deliveries_after_redis_lost_them(db, redi
     # a second sweep while the job exists enqueues nothing new
     await reconcile_deliveries({"redis": redis})
     assert await redis.zcard(queue_name()) == 1
+
+
+async def test_reconciler_hands_lost_bulk_deliveries_back_to_the_bulk_lane(db, redis):
+    endpoint = await make_endpoint("http://127.0.0.1:9/hook")
+    op = await BulkOperation.create(kind=BulkKind.RETRY, actor="ops", total=2)
+    message = await Message.create(app_id=endpoint.app_id, event_type="x", payload={})
+    ids = [(await Delivery.create(message=message, endpoint=endpoint, bulk_operation=op)).id
+           for _ in range(2)]
+    await Delivery.filter(id__in=ids).update(created_at=datetime.now(UTC) - timedelta(minutes=5))
+
+    assert await reconcile_deliveries({"redis": redis}) == {"requeued": 2, "recovered": 0}
+
+    assert await redis.zcard(queue_name()) == 0  # not the live lane: no pacing, no cancel check
+    [job] = await redis.queued_jobs(queue_name=bulk_queue_name())
+    assert (job.function, job.args) == ("deliver_batch", (ids, op.id))

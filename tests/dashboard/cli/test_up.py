@@ -265,6 +265,7 @@ up.web_spec = lambda port, env: ChildSpec("web", [sys.executable, "-c", HEALTH, 
                                           restart=False)
 up.worker_specs = lambda n, env: [ChildSpec(f"worker-{i}", [sys.executable, "-c", WORKER], env)
                                   for i in range(1, n + 1)]
+up.bulk_worker_spec = lambda env: ChildSpec("bulk", [sys.executable, "-c", WORKER], env)
 from dashboard.cli.main import main
 sys.argv = ["observatory", *sys.argv[1:]]
 main()

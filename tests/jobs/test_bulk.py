@@ -1,0 +1,401 @@
+"""Bulk Retry All against the real Redis, database, bulk-lane worker and a scripted receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from jobs.operations import bulk
+from jobs.operations.bulk import Canary, NothingToRetryError
+from jobs.queue import bulk_queue_name, queue_name
+from jobs.worker import BulkWorkerSettings
+from models.audit import AuditLog
+from models.bulk import BulkOperation
+from models.config import get_settings
+from models.dead_letters import DeadLetter
+from models.deliveries import Attempt, Delivery
+from models.dlq_filter import DlqFilter
+from models.enums import BulkState, DeadLetterStatus, DeliveryStatus
+from tests.factories import make_dead_letter, make_endpoint
+from tests.receiver import Reply
+
+
+@pytest.fixture(autouse=True)
+def unpaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OBSERVATORY_BULK_RATE_PER_ENDPOINT", "0")
+
+
+@pytest.fixture
+def run_bulk(run_worker):
+    """A burst worker on the bulk lane (walkers and their deliveries)."""
+    async def run():
+        return await run_worker(functions=BulkWorkerSettings.functions,
+                                queue_name=BulkWorkerSettings.queue_name)
+    return run
+
+
+async def _entries(receiver, n: int, path: str = "/ok", **endpoint_fields):
+    endpoint = await make_endpoint(receiver.url(path), **endpoint_fields)
+    return endpoint, [await make_dead_letter(endpoint) for _ in range(n)]
+
+
+async def _live(redis, op_id: int) -> dict[str, int]:
+    raw = await redis.hgetall(bulk.progress_key(op_id))
+    return {k.decode(): int(v) for k, v in raw.items()
+            if k.decode() in bulk.FIGURES or k.decode() == "handed"}
+
+
+def _adds_up(op: BulkOperation) -> None:
+    assert op.completed == op.succeeded + op.failed
+    assert op.completed + op.cancelled_count + op.skipped == op.total
+
+
+async def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_retry_all_resolves_every_entry_and_the_figures_reconcile(db, redis, receiver,
+                                                                         run_bulk):
+    endpoint, entries = await _entries(receiver, 120)
+
+    started = await bulk.start_retry_all(DlqFilter(endpoint_id=endpoint.id), "alice",
+                                         reason="receiver fixed", redis=redis)
+    await run_bulk()
+
+    assert started["total"] == 120 and started["snapshot"] == entries[-1].id
+    op = await BulkOperation.get(id=started["operation_id"])
+    assert op.state == BulkState.COMPLETED and op.finished_at is not None
+    assert (op.total, op.completed, op.succeeded, op.failed) == (120, 120, 120, 0)
+    _adds_up(op)
+    assert await _live(redis, op.id) == {"total": 120, "completed": 120, "succeeded": 120,
+                                         "failed": 0, "cancelled": 0, "skipped": 0,
+                                         "handed": 120}
+    assert 0 < await redis.ttl(bulk.progress_key(op.id)) <= bulk.HASH_TTL_S
+    assert await DeadLetter.filter(status=DeadLetterStatus.RESOLVED).count() == 120
+    assert len(receiver.hits("/ok")) == 120
+    retries = await Delivery.filter(bulk_operation_id=op.id)
+    assert len(retries) == 120 and all(d.status == DeliveryStatus.SUCCEEDED for d in retries)
+    by_entry = {e.id: e for e in await DeadLetter.all()}
+    for d in retries:
+        meta = d.metadata["__retry_metadata"]
+        entry = by_entry[meta["dead_letter_id"]]
+        assert d.retry_of_id == entry.delivery_id == meta["original_delivery_id"]  # type: ignore[attr-defined]
+        assert meta["bulk_operation_id"] == op.id and meta["sandbox"] is False
+        assert entry.last_retry_delivery_id == d.id  # type: ignore[attr-defined]
+        assert entry.retry_count == meta["retry_count"] == 1
+    audits = await AuditLog.all()
+    assert [(a.action, a.actor, a.target_id) for a in audits] == [
+        ("dlq.retry_all", "alice", str(op.id))]
+    assert audits[0].details["total"] == 120 and audits[0].details["reason"] == "receiver fixed"
+    assert audits[0].details["scope"] == {"endpoint_id": endpoint.id, "status": ["active"],
+                                          "max_id": entries[-1].id}
+
+
+async def test_progress_is_bumped_once_per_batch_not_per_delivery(db, redis, receiver,
+                                                                   run_bulk):
+    endpoint, _ = await _entries(receiver, 120)
+    events: list[dict] = []
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(get_settings().events_channel)
+    started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
+    await redis.config_resetstat()
+
+    await run_bulk()
+
+    stats = await redis.info("commandstats")
+    hincrby_calls = stats.get("cmdstat_hincrby", {}).get("calls", 0)
+    deadline = time.monotonic() + 5  # the subscription buffered everything published
+    while time.monotonic() < deadline and not (events and events[-1].get("state") == "completed"):
+        if m := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1):
+            events.append(json.loads(m["data"]))
+    await pubsub.aclose()
+    progress = [e for e in events if e["type"] == "bulk.progress" and "completed" in e]
+    # 120 deliveries in batches of 50: three batches, three counters each (per delivery: 360)
+    assert 3 * 3 <= hincrby_calls <= 3 * 6
+    assert 3 <= len(progress) <= 8
+    assert progress[-1]["completed"] == 120 and progress[-1]["state"] == "completed"
+    assert (await BulkOperation.get(id=started["operation_id"])).state == BulkState.COMPLETED
+
+
+async def test_a_failed_bulk_retry_gets_one_attempt_and_its_entry_goes_back_to_active(
+        db, redis, receiver, run_bulk):
+    receiver.script("/down", Reply(status=500))
+    endpoint, entries = await _entries(receiver, 4, "/down")
+
+    started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
+    await run_bulk()
+
+    op = await BulkOperation.get(id=started["operation_id"])
+    assert op.state == BulkState.COMPLETED
+    assert (op.completed, op.succeeded, op.failed) == (4, 0, 4)
+    _adds_up(op)
+    assert len(receiver.hits("/down")) == 4  # no policy retries
+    assert await redis.zcard(queue_name()) == 0 and await redis.zcard(bulk_queue_name()) == 0
+    for entry in await DeadLetter.all():
+        assert entry.status == DeadLetterStatus.ACTIVE and entry.retry_count == 1
+        assert len(entry.error_history) == 4  # three from before, the bulk attempt appended
+        assert entry.error_history[-1]["status_code"] == 500
+    assert await Attempt.all().count() == 4
+    assert {d.status for d in await Delivery.filter(bulk_operation_id=op.id)} == {
+        DeliveryStatus.FAILED}
+
+
+async def test_cancel_before_the_batches_start_cancels_their_deliveries(db, redis, receiver,
+                                                                         run_bulk):
+    await _entries(receiver, 30)
+    started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
+    op_id = started["operation_id"]
+    await bulk.walk_bulk_operation({"redis": redis}, op_id)  # handed out, nothing delivered
+    assert await DeadLetter.filter(status=DeadLetterStatus.RETRYING).count() == 30
+
+    view = await bulk.cancel_operation(op_id, "bob", reason="wrong scope", redis=redis)
+    assert view["state"] == "cancelling"
+    await run_bulk()
+
+    op = await BulkOperation.get(id=op_id)
+    assert op.state == BulkState.CANCELLED and op.cancelled
+    assert (op.completed, op.cancelled_count, op.skipped) == (0, 30, 0)
+    _adds_up(op)
+    assert receiver.hits("/ok") == []
+    assert {d.status for d in await Delivery.filter(bulk_operation_id=op_id)} == {
+        DeliveryStatus.CANCELLED}
+    entries = await DeadLetter.all()
+    assert all(e.status == DeadLetterStatus.ACTIVE and e.retry_count == 0 for e in entries)
+    assert [a.action for a in await AuditLog.all().order_by("id")] == [
+        "dlq.retry_all", "bulk.cancel"]
+
+
+async def test_cancel_mid_way_stops_new_work_and_leaves_nothing_lost(db, redis, receiver,
+                                                                      run_bulk, monkeypatch):
+    monkeypatch.setenv("OBSERVATORY_BULK_RATE_PER_ENDPOINT", "20")  # ~2 s for 40 entries
+    receiver.script("/ok", Reply(delay_s=0.1))
+    await _entries(receiver, 40)
+    started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
+    op_id = started["operation_id"]
+    worker = asyncio.create_task(run_bulk())
+
+    await wait_for(lambda: _n(len(receiver.hits("/ok")) >= 4))
+    await bulk.cancel_operation(op_id, "bob", redis=redis)
+    hits_at_cancel = len(receiver.hits("/ok"))
+    await asyncio.wait_for(worker, 30)
+
+    op = await BulkOperation.get(id=op_id)
+    assert op.state == BulkState.CANCELLED
+    _adds_up(op)
+    hits = len(receiver.hits("/ok"))
+    assert op.succeeded == hits and op.failed == 0
+    assert hits <= hits_at_cancel + 4  # only those in flight (one paced slice) finished
+    assert op.cancelled_count > 0
+    resolved = await DeadLetter.filter(status=DeadLetterStatus.RESOLVED).count()
+    active = await DeadLetter.filter(status=DeadLetterStatus.ACTIVE).count()
+    assert resolved == op.succeeded and active == op.cancelled_count and resolved + active == 40
+    cancelled = await Delivery.filter(status=DeliveryStatus.CANCELLED).count()
+    untouched = 40 - op.handed
+    assert cancelled + untouched == op.cancelled_count
+    assert await Delivery.filter(bulk_operation_id=op_id, status__in=[
+        DeliveryStatus.QUEUED, DeliveryStatus.RUNNING]).count() == 0
+
+
+async def _n(value: bool) -> bool:
+    return value
+
+
+async def test_pause_stops_handing_out_work_and_resume_finishes_it(db, redis, receiver,
+                                                                    run_bulk, monkeypatch):
+    monkeypatch.setenv("OBSERVATORY_BULK_RATE_PER_ENDPOINT", "20")  # batches of 20, ~3 s
+    await _entries(receiver, 60)
+    started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
+    op_id = started["operation_id"]
+    worker = asyncio.create_task(run_bulk())
+
+    async def handed() -> int:
+        return (await BulkOperation.get(id=op_id)).handed
+
+    await wait_for(lambda: _n_async(handed(), lambda h: h > 0))
+    paused = await bulk.pause_operation(op_id, "bob", redis=redis)
+    assert paused["state"] == "paused" and paused["eta_s"] is None
+    await asyncio.sleep(0.8)  # a batch being handed out when the pause came may still land
+    before = await handed()
+    await asyncio.sleep(1.5)
+    assert await handed() == before < 60
+    assert not worker.done()
+
+    await bulk.resume_operation(op_id, "bob", redis=redis)
+    await asyncio.wait_for(worker, 30)
+
+    op = await BulkOperation.get(id=op_id)
+    assert op.state == BulkState.COMPLETED and op.succeeded == 60
+    _adds_up(op)
+    assert len(receiver.hits("/ok")) == 60
+    assert [a.action for a in await AuditLog.all().order_by("id")] == [
+        "dlq.retry_all", "bulk.pause", "bulk.resume"]
+
+
+async def _n_async(value, check) -> bool:
+    return check(await value)
+
+
+async def test_entries_failing_after_the_preview_are_not_swept_in(db, redis, receiver,
+                                                                   run_bulk):
+    endpoint, first = await _entries(receiver, 5)
+    preview = await bulk.preview(DlqFilter(endpoint_id=endpoint.id))
+    later = [await make_dead_letter(endpoint) for _ in range(3)]
+
+    started = await bulk.start_retry_all(DlqFilter(endpoint_id=endpoint.id), "alice",
+                                         snapshot=preview["snapshot"], redis=redis)
+    await run_bulk()
+
+    assert preview == {"total": 5, "snapshot": first[-1].id}
+    assert started["total"] == 5
+    statuses = {e.id: e.status for e in await DeadLetter.all()}
+    assert all(statuses[e.id] == DeadLetterStatus.RESOLVED for e in first)
+    assert all(statuses[e.id] == DeadLetterStatus.ACTIVE for e in later)
+    assert len(receiver.hits("/ok")) == 5
+
+
+async def test_a_second_retry_all_skips_entries_already_being_retried(db, redis, receiver,
+                                                                       run_bulk):
+    await _entries(receiver, 20)
+    a = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
+    b = await bulk.start_retry_all(DlqFilter(), "bob", redis=redis)  # both confirmed 20
+
+    await run_bulk()  # both walkers run concurrently
+
+    assert len(receiver.hits("/ok")) == 20  # nothing delivered twice
+    assert await Delivery.filter(bulk_operation_id__not_isnull=True).count() == 20
+    ops = [await BulkOperation.get(id=x["operation_id"]) for x in (a, b)]
+    assert sum(op.handed for op in ops) == 20
+    for op in ops:
+        assert op.state == BulkState.COMPLETED and op.total == 20
+        assert op.skipped == 20 - op.handed
+        _adds_up(op)
+
+
+async def test_retry_all_over_entries_in_flight_has_nothing_to_retry(db, redis, receiver):
+    await _entries(receiver, 3)
+    started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
+    await bulk.walk_bulk_operation({"redis": redis}, started["operation_id"])
+
+    with pytest.raises(NothingToRetryError, match="nothing to retry"):
+        await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
+    assert await BulkOperation.all().count() == 1
+
+
+async def test_two_walkers_of_one_operation_hand_each_entry_out_once(db, redis, receiver):
+    await _entries(receiver, 120)
+    started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
+    ctx = {"redis": redis}
+
+    results = await asyncio.gather(*(bulk.walk_bulk_operation(ctx, started["operation_id"])
+                                     for _ in range(3)))
+
+    assert "walked" in results
+    op = await BulkOperation.get(id=started["operation_id"])
+    assert op.handed == 120 and op.skipped == 0 and op.walked_at is not None
+    assert await Delivery.filter(bulk_operation_id=op.id).count() == 120
+
+
+async def test_canary_halts_when_too_many_fail_and_resume_overrides_it(db, redis, receiver,
+                                                                       run_bulk):
+    receiver.script("/ok", Reply(status=500))
+    await _entries(receiver, 30)
+    started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis,
+                                         canary=Canary(count=5, max_failure_pct=20))
+    op_id = started["operation_id"]
+
+    await run_bulk()
+
+    op = await BulkOperation.get(id=op_id)
+    assert op.state == BulkState.HALTED and op.handed == 5
+    assert op.halted_reason and "5 of the first 5" in op.halted_reason
+    view = await bulk.get_operation(op_id, redis=redis)
+    assert (view["state"], view["failed"], view["completed"]) == ("halted", 5, 5)
+    assert view["halted_reason"] == op.halted_reason
+    assert len(receiver.hits("/ok")) == 5
+    assert await DeadLetter.filter(status=DeadLetterStatus.ACTIVE, retry_count=0).count() == 25
+    assert await AuditLog.filter(action="bulk.halt", actor="system").count() == 1
+
+    receiver.script("/ok", Reply(status=200))
+    await bulk.resume_operation(op_id, "bob", reason="receiver fixed", redis=redis)
+    await run_bulk()
+
+    op = await BulkOperation.get(id=op_id)
+    assert op.state == BulkState.COMPLETED and (op.succeeded, op.failed) == (25, 5)
+    _adds_up(op)
+
+
+async def test_canary_that_passes_goes_on_with_the_rest(db, redis, receiver, run_bulk):
+    await _entries(receiver, 30)
+    started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis,
+                                         canary=Canary(count=5, max_failure_pct=20))
+    await run_bulk()
+
+    op = await BulkOperation.get(id=started["operation_id"])
+    assert op.state == BulkState.COMPLETED and op.succeeded == 30 and op.canary_passed
+
+
+async def test_entries_of_a_disabled_endpoint_are_skipped_and_left_alone(db, redis, receiver,
+                                                                         run_bulk):
+    _, ok = await _entries(receiver, 2)
+    _, off = await _entries(receiver, 3, "/off", enabled=False)
+
+    started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
+    await run_bulk()
+
+    op = await BulkOperation.get(id=started["operation_id"])
+    assert op.state == BulkState.COMPLETED
+    assert (op.total, op.succeeded, op.skipped) == (5, 2, 3)
+    _adds_up(op)
+    for entry in await DeadLetter.filter(id__in=[e.id for e in off]):
+        assert entry.status == DeadLetterStatus.ACTIVE and entry.retry_count == 0
+    assert receiver.hits("/off") == []
+
+
+async def test_an_endpoints_deliveries_are_paced_at_the_configured_rate(db, redis, receiver,
+                                                                        monkeypatch):
+    monkeypatch.setenv("OBSERVATORY_BULK_RATE_PER_ENDPOINT", "20")
+    await _entries(receiver, 20)
+    started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
+    await redis.delete(bulk_queue_name())  # the walker's own job: it is run directly below
+
+    assert await bulk.walk_bulk_operation({"redis": redis}, started["operation_id"]) == "walked"
+
+    scores = [s for _, s in await redis.zrange(bulk_queue_name(), 0, -1, withscores=True)]
+    assert len(scores) == 5  # 4 deliveries (0.2 s of 20/s) per job
+    assert 750 <= max(scores) - min(scores) <= 1000
+    assert await redis.zcard(queue_name()) == 0  # never on the live lane
+
+
+async def test_illegal_control_actions_are_refused(db, redis, receiver, run_bulk):
+    from jobs.errors import ConflictError, NotFoundError
+
+    await _entries(receiver, 2)
+    started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
+    op_id = started["operation_id"]
+    with pytest.raises(ConflictError, match="only paused, halted operations can be resumed"):
+        await bulk.resume_operation(op_id, "bob", redis=redis)
+    await run_bulk()
+
+    for action in (bulk.cancel_operation, bulk.pause_operation, bulk.resume_operation):
+        with pytest.raises(ConflictError, match=f"operation {op_id} is completed"):
+            await action(op_id, "bob", redis=redis)
+    with pytest.raises(NotFoundError):
+        await bulk.cancel_operation(op_id + 1, "bob", redis=redis)
+    assert await AuditLog.filter(action__startswith="bulk.").count() == 0
+
+
+async def test_reason_can_be_made_mandatory(db, redis, receiver, monkeypatch):
+    from jobs.errors import ValidationError
+
+    monkeypatch.setenv("OBSERVATORY_REQUIRE_REASON", "1")
+    await _entries(receiver, 2)
+    with pytest.raises(ValidationError, match="reason"):
+        await bulk.start_retry_all(DlqFilter(), "alice", reason="  ", redis=redis)
+    assert await BulkOperation.all().count() == 0
+    assert await DeadLetter.filter(status=DeadLetterStatus.ACTIVE).count() == 2
