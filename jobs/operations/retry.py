@@ -19,8 +19,8 @@ from tortoise.expressions import F
 from tortoise.transactions import in_transaction
 
 from jobs import audit
-from jobs.errors import (AlreadyInFlightError, ConfigurationGoneError, NotFoundError,
-                         NotRetryableError, ValidationError)
+from jobs.errors import (AlreadyInFlightError, ConfigurationGoneError, ConflictError,
+                         NotFoundError, NotRetryableError, ValidationError)
 from jobs.guard import DestinationBlockedError, check_url
 from jobs.events import publish_events
 from jobs.queue import enqueue_delivery
@@ -129,6 +129,16 @@ async def retry_dead_letter(entry_id: int, actor: str, *, redis: ArqRedis, sandb
         raise NotFoundError(f"DLQ entry {entry_id} does not exist")
     if sandbox:
         return await _sandbox_retry(entry, actor, changes, redis=redis)
+    try:
+        return await _retry(entry, actor, redis=redis)
+    except ConflictError as exc:  # refused clicks are audited too: who tried, and why not
+        await audit.record(actor, "dlq.retry_refused", "dead_letter", entry_id, code=exc.code,
+                           message=exc.message)
+        raise
+
+
+async def _retry(entry: DeadLetter, actor: str, *, redis: ArqRedis) -> RetryResult:
+    entry_id = entry.id
     if entry.status == DeadLetterStatus.RETRYING:
         raise AlreadyInFlightError(f"A retry of DLQ entry {entry_id} is already in flight")
     if entry.status != DeadLetterStatus.ACTIVE:

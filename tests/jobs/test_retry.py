@@ -64,7 +64,9 @@ async def test_not_active_is_refused(db, redis, receiver, status):
     with pytest.raises(NotRetryableError, match="only active entries"):
         await retry_dead_letter(entry.id, "alice", redis=redis)
     assert await Delivery.all().count() == 1
-    assert not await AuditLog.exists()
+    [refused] = await AuditLog.all()  # the refusal is on record, nothing else
+    assert (refused.action, refused.actor, refused.details["code"]) == (
+        "dlq.retry_refused", "alice", "not_retryable")
 
 
 async def test_deleted_endpoint_is_refused(db, redis, receiver):
@@ -96,3 +98,30 @@ async def test_concurrent_clicks_make_one_retry(db, redis, receiver):
 async def test_unknown_entry_is_not_found(db, redis):
     with pytest.raises(NotFoundError):
         await retry_dead_letter(999_999, "alice", redis=redis)
+
+
+async def test_fifty_concurrent_rest_clicks_make_one_delivery_and_every_click_is_audited(
+        db, redis, receiver):
+    import httpx
+
+    from dashboard.api.app import api
+    from models.auth import create_user
+
+    entry = await make_dead_letter(await make_endpoint(receiver.url("/ok")))
+    tokens = [(await create_user(f"op{i}", "operator"))[2] for i in range(5)]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api),
+                                 base_url="http://test") as client:
+        answers = await asyncio.gather(*(
+            client.post(f"/v1/dlq/{entry.id}/retry",
+                        headers={"Authorization": f"Bearer {tokens[i % 5]}"})
+            for i in range(50)))
+
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [202] + [409] * 49
+    assert {a.json()["error"]["code"] for a in answers if a.status_code == 409} == {
+        "already_in_flight"}
+    assert await Delivery.filter(retry_of_id=entry.delivery_id).count() == 1
+    assert await AuditLog.filter(action="dlq.retry").count() == 1
+    refused = await AuditLog.filter(action="dlq.retry_refused")
+    assert len(refused) == 49 and {r.details["code"] for r in refused} == {"already_in_flight"}
+    assert (await DeadLetter.get(id=entry.id)).retry_count == 1
