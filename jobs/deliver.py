@@ -30,6 +30,7 @@ from jobs.metrics import DeliveryMetrics
 from jobs.signing import signing_secrets, signature_headers
 from jobs.tracing import attempt_span
 from models.deliveries import Delivery
+from models.endpoints import Endpoint
 from models.enums import DeliveryStatus
 
 log = logging.getLogger("observatory.deliver")
@@ -50,8 +51,15 @@ async def claim(delivery_ids: list[int]) -> list[Delivery]:
         updated_at=datetime.now(UTC))
     if not taken:
         return []
-    return await Delivery.filter(claim_token=token, status=DeliveryStatus.RUNNING
-                                 ).select_related("message", "endpoint")
+    deliveries = await Delivery.filter(claim_token=token, status=DeliveryStatus.RUNNING
+                                       ).select_related("message")
+    # a batch usually targets a few endpoints: load each once and share it (building one
+    # Endpoint per delivery was a tenth of the worker's time under load)
+    ids = {d.endpoint_id for d in deliveries} - {None}  # type: ignore[attr-defined]
+    endpoints = {e.id: e for e in await Endpoint.filter(id__in=ids)} if ids else {}
+    for delivery in deliveries:
+        delivery.endpoint = endpoints.get(delivery.endpoint_id)  # type: ignore[attr-defined]
+    return deliveries
 
 
 async def release_claim(delivery_id: int) -> bool:

@@ -76,3 +76,16 @@ def column_headers(*labels: str) -> rx.Component:
         rx.table.row(*(rx.table.column_header_cell(label, white_space="nowrap")
                        for label in labels))
     )
+
+
+def guarded(panel_id: str, error: Any, content: rx.Component, title: str) -> rx.Component:
+    """`content`, or — while its data cannot be loaded — an error card in its place (the
+    other panels keep working)."""
+    return rx.cond(
+        error != "",
+        panel(title, "triangle-alert",
+              rx.callout(error, icon="circle-alert", color_scheme="red", role="alert",
+                         class_name="panel-error"),
+              id=f"{panel_id}-error"),
+        content,
+    )

@@ -6,7 +6,8 @@ coalesced burst and hands the same `PanelData` to each session (see dashboard/re
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TypedDict
@@ -16,6 +17,8 @@ from dashboard.state.rows import (AgentItem, CronRunItem, DeadLetterItem, agent_
                                   cron_run_item, dead_letter_item)
 from dashboard.state.bulk import OperationItem, load_operations
 from models import queries
+
+logger = logging.getLogger(__name__)
 
 
 class Panel(StrEnum):
@@ -48,6 +51,8 @@ class PanelData(TypedDict, total=False):
     agents: list[AgentItem]
     operations: list[OperationItem]
     refreshed_at: str  # ISO time of the load
+    errors: dict[str, str]  # panel -> message, for the panels that failed to load
+    attempted: list[str]  # the panels this load tried (their old errors are replaced)
 
 
 def panels_for_events(types: Iterable[str]) -> frozenset[Panel]:
@@ -61,19 +66,54 @@ def panels_for_events(types: Iterable[str]) -> frozenset[Panel]:
     return frozenset(panels)
 
 
+async def _load_dead_letters(data: PanelData) -> None:
+    data["dead_letters"] = [dead_letter_item(r) for r in await queries.list_dead_letters()]
+
+
+async def _load_cron(data: PanelData) -> None:
+    runs = [cron_run_item(r) for r in await queries.list_cron_runs()]
+    data["cron_upcoming"] = [r for r in runs if r["id"] is None]
+    data["cron_recent"] = [r for r in runs if r["id"] is not None]
+
+
+async def _load_heartbeats(data: PanelData) -> None:
+    data["agents"] = [agent_item(r) for r in await queries.list_agents()]
+
+
+async def _load_operations(data: PanelData) -> None:
+    data["operations"] = await load_operations()
+
+
+_LOADERS: dict[Panel, Callable[[PanelData], Awaitable[None]]] = {
+    Panel.DEAD_LETTERS: _load_dead_letters,
+    Panel.CRON: _load_cron,
+    Panel.HEARTBEATS: _load_heartbeats,
+    Panel.OPERATIONS: _load_operations,
+}
+
+
 async def fetch_panels(panels: Iterable[Panel] = ALL_PANELS) -> PanelData:
-    """Load the rows of `panels` through models.queries (plain rows, never ORM objects)."""
+    """Load the rows of `panels` through models.queries (plain rows, never ORM objects).
+
+    Each panel loads on its own: one that fails is reported in `errors` (the page shows an
+    error state in that panel only) while the others load as usual.
+    """
     wanted = frozenset(panels)
-    await runtime.ensure_db()
-    data = PanelData(refreshed_at=datetime.now(UTC).isoformat())
-    if Panel.DEAD_LETTERS in wanted:
-        data["dead_letters"] = [dead_letter_item(r) for r in await queries.list_dead_letters()]
-    if Panel.CRON in wanted:
-        runs = [cron_run_item(r) for r in await queries.list_cron_runs()]
-        data["cron_upcoming"] = [r for r in runs if r["id"] is None]
-        data["cron_recent"] = [r for r in runs if r["id"] is not None]
-    if Panel.HEARTBEATS in wanted:
-        data["agents"] = [agent_item(r) for r in await queries.list_agents()]
-    if Panel.OPERATIONS in wanted:
-        data["operations"] = await load_operations()
+    data = PanelData(refreshed_at=datetime.now(UTC).isoformat(), errors={},
+                     attempted=[panel.value for panel in wanted])
+    try:
+        await runtime.ensure_db()
+    except Exception as exc:  # noqa: BLE001 - every panel shows it
+        data["errors"] = {panel.value: _failure(exc) for panel in wanted}
+        return data
+    for panel in sorted(wanted):
+        try:
+            await _LOADERS[panel](data)
+        except Exception as exc:  # noqa: BLE001 - shown in that panel, logged once here
+            logger.exception("loading the %s panel failed", panel.value)
+            data["errors"][panel.value] = _failure(exc)
     return data
+
+
+def _failure(exc: Exception) -> str:
+    return f"Could not load this panel ({type(exc).__name__}); it retries on the next update."

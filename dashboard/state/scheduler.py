@@ -18,6 +18,7 @@ class SchedulerState(rx.State):
     """Page-level state; the panels live in their own states, reached through `get_state`."""
 
     refreshed_at: str = ""  # label of the last refresh, pushed or loaded
+    panel_errors: dict[str, str] = {}  # panel -> message while that panel cannot load
     # set by the page load: only sessions that opened the Scheduler get pushes
     _watching: bool = False
 
@@ -52,3 +53,8 @@ async def apply_panels(state: rx.State, data: PanelData) -> None:
         (await state.get_state(HeartbeatState))._apply(data["agents"])
     scheduler = await state.get_state(SchedulerState)
     scheduler.refreshed_at = clock_label(data.get("refreshed_at"))
+    attempted = set(data.get("attempted", []))
+    errors = {k: v for k, v in scheduler.panel_errors.items() if k not in attempted}
+    errors.update(data.get("errors", {}))
+    if errors != scheduler.panel_errors:
+        scheduler.panel_errors = errors

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import reflex as rx
 
-from dashboard.components.panel import stat
+from dashboard.components.panel import guarded, stat
 from dashboard.state.cron import CronState
 from dashboard.state.dead_letters import DeadLetterState
 from dashboard.state.heartbeats import HeartbeatState
@@ -45,6 +45,11 @@ def _summary() -> rx.Component:
     )
 
 
+def _guard(panel: str, view: rx.Component, title: str) -> rx.Component:
+    return guarded(panel.replace("_", "-"), SchedulerState.panel_errors.get(panel, ""), view,
+                   title)
+
+
 def scheduler_view() -> rx.Component:
     return rx.vstack(
         rx.vstack(
@@ -54,10 +59,10 @@ def scheduler_view() -> rx.Component:
             spacing="1",
         ),
         _summary(),
-        dead_letter_view(),
+        _guard("dead_letters", dead_letter_view(), "Dead Letter Queue"),
         rx.grid(
-            cron_view(),
-            heartbeat_view(),
+            _guard("cron", cron_view(), "Cron Job Dashboard"),
+            _guard("heartbeats", heartbeat_view(), "Heartbeat Monitor"),
             grid_template_columns=rx.breakpoints(initial="1fr", lg="3fr 2fr"),
             spacing="4",
             width="100%",

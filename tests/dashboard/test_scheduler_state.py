@@ -16,7 +16,7 @@ from dashboard.state.cron import CronState
 from dashboard.state.dead_letters import RETRY_FAILED, DeadLetterState
 from dashboard.state.heartbeats import HeartbeatState
 from dashboard.state.panels import Panel, panels_for_events
-from dashboard.state.scheduler import SchedulerState
+from dashboard.state.scheduler import SchedulerState, apply_panels
 from jobs.queue import queue_name
 from models.agents import Agent
 from models.audit import AuditLog
@@ -208,3 +208,31 @@ def test_only_sessions_on_the_scheduler_page_get_pushes(route_id, pushed):
 
 def test_sessions_that_never_opened_the_scheduler_get_no_pushes():
     assert SchedulerState()._wants_push() is False
+
+
+async def test_a_panel_that_cannot_load_shows_its_error_and_the_others_still_load(backend):
+    from tortoise import connections
+
+    from dashboard.components.panel import guarded
+    from dashboard.state.panels import fetch_panels
+
+    dead = await make_dead_letter()
+    conn = connections.get("default")
+    await conn.execute_script("ALTER TABLE cron_run RENAME TO cron_run_gone")
+    try:
+        data = await fetch_panels()
+    finally:
+        await conn.execute_script("ALTER TABLE cron_run_gone RENAME TO cron_run")
+
+    assert set(data["errors"]) == {"cron"} and "Could not load" in data["errors"]["cron"]
+    assert [e["id"] for e in data["dead_letters"]] == [dead.id]  # the others loaded
+    assert "agents" in data and "operations" in data
+    root = await signed_in()
+    scheduler = await root.get_state(SchedulerState)
+    await apply_panels(scheduler, data)
+    assert scheduler.panel_errors == {"cron": data["errors"]["cron"]}
+    html = str(guarded("cron", data["errors"]["cron"], rx.text("rows"), "Cron Job Dashboard"))
+    assert "Could not load this panel" in html
+
+    await apply_panels(scheduler, await fetch_panels())  # the table is back: the error clears
+    assert scheduler.panel_errors == {}
