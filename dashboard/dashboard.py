@@ -9,7 +9,7 @@ import reflex as rx
 
 from dashboard import routes, runtime
 from dashboard.api.app import api
-from dashboard.pages import dlq, endpoints, login, scheduler
+from dashboard.pages import audit, dlq, endpoints, login, scheduler
 from dashboard.state.session import AuthState
 from dashboard.relay import live_relay
 from models.db import close_db
@@ -60,6 +60,8 @@ app.add_page(endpoints.endpoints_page, route=routes.ENDPOINTS, title=endpoints.T
              on_load=[AuthState.require_login, endpoints.ON_LOAD])
 app.add_page(dlq.dlq_page, route=routes.DLQ, title=dlq.TITLE,
              on_load=[AuthState.require_login, dlq.ON_LOAD])
+app.add_page(audit.audit_page, route=routes.AUDIT, title=audit.TITLE,
+             on_load=[AuthState.require_login, audit.ON_LOAD])
 app.add_page(login.login_page, route=routes.LOGIN, title=login.TITLE)
 
 # Order matters: lifespan contexts exit in reverse, so the relay stops before the database.

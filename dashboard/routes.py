@@ -8,6 +8,7 @@ HOME = "/"
 SCHEDULER = "/scheduler"
 ENDPOINTS = "/endpoints"
 DLQ = "/dlq"
+AUDIT = "/audit"
 LOGIN = "/login"
 
 # Routes that show the Scheduler view (the operator's home).
@@ -30,6 +31,7 @@ NAV: tuple[NavItem, ...] = (
     NavItem("Scheduler", SCHEDULER, "calendar-clock"),
     NavItem("Endpoints", ENDPOINTS, "webhook"),
     NavItem("Dead letters", DLQ, "inbox"),
+    NavItem("Audit log", AUDIT, "scroll-text"),
 )
 
 

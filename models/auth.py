@@ -7,6 +7,8 @@ import hmac
 import secrets
 from datetime import UTC, datetime
 
+from tortoise.expressions import Q
+
 from models.enums import Role
 from models.users import ApiToken, User
 
@@ -84,3 +86,22 @@ async def authenticate(name: str, password: str) -> User | None:
 async def revoke_token(token: str) -> bool:
     """Delete the token (a dashboard sign-out); False when it did not exist."""
     return bool(await ApiToken.filter(token_hash=_token_hash(token)).delete())
+
+
+async def set_password(user: User, password: str) -> None:
+    """Replace `user`'s password (its API tokens keep working)."""
+    await User.filter(id=user.id).update(password_hash=hash_password(password))
+
+
+async def revoke_session_tokens(user: User) -> int:
+    """Sign `user` out of every browser (the dashboard-session tokens); how many there were."""
+    return await ApiToken.filter(user_id=user.id, name=SESSION_TOKEN_NAME).delete()
+
+
+async def tokens_matching(value: str) -> list[ApiToken]:
+    """The tokens whose shown prefix is `value`, or the one token `value` itself (full token),
+    each with its user loaded."""
+    match = Q(token_hash=_token_hash(value))
+    if len(value) <= 16:  # the prefix column's width: a longer value can only be a whole token
+        match |= Q(prefix=value)
+    return await ApiToken.filter(match).select_related("user").order_by("id")

@@ -12,6 +12,7 @@ from starlette.routing import Route
 from dashboard import runtime
 from dashboard.api.common import parse_body, prepare
 from dashboard.api.dlq import dlq_bodies, dlq_routes
+from dashboard.api.docs import docs_route
 from dashboard.api.endpoints import endpoint_bodies, endpoint_routes
 from dashboard.api.errors import EXCEPTION_HANDLERS, ApiError
 from dashboard.api.metrics import metrics_route
@@ -140,6 +141,7 @@ async def openapi(request: Request) -> JSONResponse:
 routes = [
     Route("/v1/health", health, methods=["GET"]),
     Route("/v1/openapi.json", openapi, methods=["GET"]),
+    docs_route,
     Route("/v1/apps", create_app, methods=["POST"]),
     Route("/v1/apps", list_apps, methods=["GET"]),
     Route("/v1/endpoints", create_endpoint, methods=["POST"]),
@@ -156,8 +158,9 @@ OPENAPI = build_openapi(
     routes, bodies={"create_app": AppIn, "create_endpoint": EndpointIn, "publish": MessageIn,
             "publish_batch": MessageBatchIn, **endpoint_bodies, **dlq_bodies,
             **operation_bodies},
-    public={"/v1/health", "/v1/openapi.json"},
+    public={"/v1/health", "/v1/openapi.json", "/v1/docs"},
     optional=frozenset({"retry_dlq_entry", "archive_dlq_entry", "delete_dlq_entry", "rotate_secret",
-                        "cancel_operation", "pause_operation", "resume_operation"}))
+                        "cancel_operation", "pause_operation", "resume_operation",
+                        "archive_all", "delete_all", "resync_endpoint"}))
 
 api = Starlette(routes=[*routes, metrics_route], exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]

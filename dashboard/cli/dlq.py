@@ -1,5 +1,5 @@
 """`observatory dlq …`: the dead-letter queue over the REST API (list, show, retry, retry-all,
-archive, delete, status, stats, export).
+archive, archive-all, delete, delete-all, status, stats, export).
 
 Each command is a few lines over one `/v1/dlq…` call: the rules live on the server, the CLI
 only asks, shows the answer and turns a refusal into `Error: message`, exit 1.
@@ -21,8 +21,7 @@ from rich.table import Table
 
 from dashboard.cli.client import (DEFAULT_URL, Api, FormatOption, Output, TokenOption, UrlOption,
                                   err, handled, out, short_time)
-from dashboard.cli.ops import (FINAL_STATES, Reason, delivery_outcome, follow_operation,
-                               summary, wait_for_delivery)
+from dashboard.cli.ops import Reason, delivery_outcome, start_confirmed, wait_for_delivery
 from models.enums import DeadLetterStatus
 
 app = typer.Typer(help="The dead-letter queue: list, inspect, retry, archive, delete, export.",
@@ -219,26 +218,14 @@ def retry_all_command(
         raise typer.BadParameter("--canary N and --canary-max-failure-pct X go together")
     scope = _set(event_type=event_type, endpoint_id=endpoint_id, app_id=app_id, since=since,
                  until=until, q=q)
+    body: dict[str, Any] = {"scope": scope, **_with_reason(reason)}
+    if canary is not None:
+        body["canary"] = {"count": canary, "max_failure_pct": canary_max_failure_pct}
     with handled(), Api(url, token) as api:
-        preview = api.post("/v1/dlq/retry-all", {"scope": scope, "dry_run": True})
-        if not preview["total"]:
-            typer.echo("Nothing to retry: no active entry in this scope.")
-            return
-        if not yes and not typer.confirm(f"Retry {preview['total']} entries?", default=False):
-            typer.echo("Nothing retried.", err=True)
-            raise typer.Exit(1)
-        body = {"scope": scope, "snapshot": preview["snapshot"], **_with_reason(reason)}
-        if canary is not None:
-            body["canary"] = {"count": canary, "max_failure_pct": canary_max_failure_pct}
-        started = api.post("/v1/dlq/retry-all", body)
-        op_id = started["operation_id"]
-        typer.echo(f"Operation {op_id} started: retrying {started['total']} entries "
-                   f"(follow it: observatory ops show {op_id})")
-        if wait:
-            op = follow_operation(api, op_id)
-            typer.echo(summary(op))
-            if op.get("state") in FINAL_STATES - {"completed", "cancelled"}:
-                raise typer.Exit(1)
+        start_confirmed(api, "/v1/dlq/retry-all", body, question="Retry {total} entries?",
+                        nothing="Nothing to retry: no active entry in this scope.",
+                        declined="Nothing retried.", started="retrying {total} entries",
+                        yes=yes, wait=wait)
 
 
 # --- archive, delete, status ---------------------------------------------------------------
@@ -264,6 +251,45 @@ def delete_command(entry_id: EntryId, reason: Reason = None, force: Force = Fals
     with handled(), Api(url, token) as api:
         api.delete(f"/v1/dlq/{entry_id}", _with_reason(reason))
         typer.echo(f"Deleted DLQ entry {entry_id}.")
+
+
+@app.command("archive-all")
+def archive_all_command(
+    status: Status = None, event_type: EventType = None, endpoint_id: EndpointId = None,
+    app_id: AppId = None, since: Since = None, until: Until = None, q: Query = None,
+    reason: Reason = None, yes: Yes = False, wait: WaitOperation = False,
+    url: UrlOption = DEFAULT_URL, token: TokenOption = None,
+) -> None:
+    """Archive every active or resolved entry of a scope (all by default) as one bulk
+    operation (--status narrows it to active or resolved)."""
+    scope = _set(status=status, event_type=event_type, endpoint_id=endpoint_id, app_id=app_id,
+                 since=since, until=until, q=q)
+    with handled(), Api(url, token) as api:
+        start_confirmed(api, "/v1/dlq/archive-all", {"scope": scope, **_with_reason(reason)},
+                        question="Archive {total} entries?",
+                        nothing="Nothing to archive: no active or resolved entry in this scope.",
+                        declined="Nothing archived.", started="archiving {total} entries",
+                        yes=yes, wait=wait)
+
+
+@app.command("delete-all")
+def delete_all_command(
+    status: Status = None, event_type: EventType = None, endpoint_id: EndpointId = None,
+    app_id: AppId = None, since: Since = None, until: Until = None, q: Query = None,
+    reason: Reason = None, force: Force = False, wait: WaitOperation = False,
+    url: UrlOption = DEFAULT_URL, token: TokenOption = None,
+) -> None:
+    """Delete for good every entry of a scope that is not being retried, as one bulk
+    operation (the audit log keeps one row of it)."""
+    scope = _set(status=status, event_type=event_type, endpoint_id=endpoint_id, app_id=app_id,
+                 since=since, until=until, q=q)
+    with handled(), Api(url, token) as api:
+        start_confirmed(api, "/v1/dlq/delete-all", {"scope": scope, **_with_reason(reason)},
+                        question="Delete {total} entries permanently?",
+                        nothing="Nothing to delete: no entry (other than retrying ones) in "
+                                "this scope.",
+                        declined="Nothing deleted.", started="deleting {total} entries",
+                        yes=force, wait=wait)
 
 
 @app.command("status")

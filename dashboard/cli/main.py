@@ -21,7 +21,7 @@ app.command("up")(up_command)
 
 # REST-client command groups written alongside this module (e.g. dashboard/cli/dlq.py with a
 # `app` typer), registered when present so each can land on its own.
-for _group in ("dlq", "ops"):
+for _group in ("dlq", "ops", "endpoints", "cron", "agents"):
     try:
         _module = importlib.import_module(f"dashboard.cli.{_group}")
     except ModuleNotFoundError as _exc:

@@ -1,7 +1,10 @@
-"""`observatory ops …`: bulk operations (retry all, re-sync…) — progress, cancel, pause, resume.
+"""`observatory ops …`: bulk operations (retry all, re-sync, archive/delete by filter) —
+progress, cancel, pause, resume.
 
-Also home of what `--wait` shows while the server works: `follow_operation` (the progress bar
-of `dlq retry-all --wait`) and `wait_for_delivery` (the spinner of `dlq retry --wait`).
+Also home of what starting one and `--wait` share: `start_confirmed` (count, confirm with the
+count, start over exactly that snapshot), `follow_operation` (the progress bar of
+`dlq retry-all --wait` and the others) and `wait_for_delivery` (the spinner of `dlq retry
+--wait`).
 """
 
 from __future__ import annotations
@@ -86,6 +89,33 @@ def follow_operation(api: Api, op_id: int) -> dict[str, Any]:
                     api.post(f"/v1/operations/{op_id}/cancel")
                     err().print(f"Cancel requested for operation {op_id}; waiting for it to stop")
                 progress.start()
+
+
+def start_confirmed(api: Api, path: str, body: dict[str, Any], *, question: str,
+                    nothing: str, declined: str, started: str, yes: bool, wait: bool) -> None:
+    """Start a bulk operation the way every `… -all`/`resync` command does: a dry run counts
+    the scope; unless `yes`, `question` (with `{total}`) asks to confirm that count; the start
+    passes the dry run's snapshot back, so the count confirmed is the count acted on.
+
+    Exits 1 when declined, or under `wait` when the operation ends other than completed or
+    cancelled; an empty scope prints `nothing` and exits 0.
+    """
+    counted = api.post(path, {k: v for k, v in body.items() if k != "reason"} | {"dry_run": True})
+    if not counted["total"]:
+        typer.echo(nothing)
+        return
+    if not yes and not typer.confirm(question.format(total=counted["total"]), default=False):
+        typer.echo(declined, err=True)
+        raise typer.Exit(1)
+    result = api.post(path, {**body, "snapshot": counted["snapshot"]})
+    op_id = result["operation_id"]
+    typer.echo(f"Operation {op_id} started: {started.format(total=result['total'])} "
+               f"(follow it: observatory ops show {op_id})")
+    if wait:
+        op = follow_operation(api, op_id)
+        typer.echo(summary(op))
+        if op.get("state") in FINAL_STATES - {"completed", "cancelled"}:
+            raise typer.Exit(1)
 
 
 def wait_for_delivery(api: Api, delivery_id: int, timeout: float) -> dict[str, Any]:

@@ -1,5 +1,7 @@
 """Retry All: the button, the confirmation with its frozen count, and progress cards with
-Pause, Resume and Cancel. Pure components: values and events come in as arguments."""
+Pause, Resume and Cancel for every bulk operation (titled by kind: "Retry all #3",
+"Re-sync #4", "Archive #5", "Delete #6"). Pure components: values and events come in as
+arguments."""
 
 from __future__ import annotations
 
@@ -102,7 +104,8 @@ def operation_card(op: Any, busy: Any = False, can_act: Any = True, *, on_pause:
         rx.vstack(
             rx.hstack(
                 rx.hstack(
-                    rx.text(f"Retry all #{op_id}", weight="medium", size="2"),
+                    rx.text(op["title"], weight="medium", size="2",
+                            class_name="bulk-title"),
                     _state_badge(state),
                     rx.text(op["scope_label"], size="1", color_scheme="gray"),
                     align="center", spacing="2"),

@@ -1,4 +1,5 @@
-"""Endpoints page pieces: the overview table, the disable confirmation, the retry editor.
+"""Endpoints page pieces: the overview table, the disable confirmation, the retry editor and
+the re-sync confirmation.
 
 Like the other components they take plain values or state Vars; event arguments are
 callables (an EventHandler, or None for a static render).
@@ -14,7 +15,7 @@ from reflex.vars import Var
 
 from dashboard.components.badges import status_badge
 from dashboard.components.panel import column_headers, empty_state, panel
-from dashboard.components.reactive import any_true, each, either, is_empty, pick
+from dashboard.components.reactive import any_true, each, either, is_empty, negate, pick
 
 EMPTY_MESSAGE = "No endpoints yet. Create one with POST /v1/endpoints."
 BACKOFFS = ["fixed", "linear", "exponential"]
@@ -43,7 +44,7 @@ def health_badge(health: Any, label: Any) -> rx.Component:
 
 
 def _actions(row: Any, busy: Any, on_disable: Event, on_enable: Event,
-             on_edit_retry: Event) -> rx.Component:
+             on_edit_retry: Event, on_resync: Event = None) -> rx.Component:
     endpoint_id = row["id"]
     return rx.hstack(
         rx.button(rx.icon("sliders-horizontal", size=14), "Retry policy", size="1",
@@ -51,6 +52,12 @@ def _actions(row: Any, busy: Any, on_disable: Event, on_enable: Event,
                   aria_label=f"Edit retry policy of endpoint {endpoint_id}",
                   class_name="endpoint-retry-policy-button",
                   **_on(on_click=on_edit_retry(endpoint_id) if on_edit_retry else None)),
+        rx.button(rx.icon("refresh-ccw", size=14), "Re-sync", size="1", variant="soft",
+                  color_scheme="indigo", disabled=any_true(busy, negate(row["enabled"])),
+                  title="Re-send every message this endpoint received",
+                  aria_label=f"Re-sync endpoint {endpoint_id}",
+                  class_name="endpoint-resync-button",
+                  **_on(on_click=on_resync(endpoint_id) if on_resync else None)),
         either(
             row["enabled"],
             rx.button(rx.icon("circle-pause", size=14), "Disable", size="1", variant="soft",
@@ -70,7 +77,8 @@ def _actions(row: Any, busy: Any, on_disable: Event, on_enable: Event,
 
 
 def endpoint_row(row: Any, busy: Any = False, on_disable: Event = None, on_enable: Event = None,
-                 on_edit_retry: Event = None, can_manage: Any = True) -> rx.Component:
+                 on_edit_retry: Event = None, can_manage: Any = True,
+                 on_resync: Event = None) -> rx.Component:
     """One endpoint (an EndpointItem, or a Var of one); its actions only for `can_manage`
     (admins: the role checks in the handlers are the real gate, this spares a refusal)."""
     return rx.table.row(
@@ -96,8 +104,8 @@ def endpoint_row(row: Any, busy: Any = False, on_disable: Event = None, on_enabl
         rx.table.cell(rx.text(row["success_label"], size="2", white_space="nowrap")),
         rx.table.cell(rx.text(row["retry_summary"], size="1",
                               color_scheme=either(row["retry_is_default"], "gray", "indigo"))),
-        rx.table.cell(either(can_manage, _actions(row, busy, on_disable, on_enable, on_edit_retry),
-                             rx.fragment())),
+        rx.table.cell(either(can_manage, _actions(row, busy, on_disable, on_enable, on_edit_retry,
+                                                  on_resync), rx.fragment())),
         class_name=f"endpoint-row endpoint-health-{row['health']}",
         id=f"endpoint-{row['id']}",
         align="center",
@@ -106,7 +114,8 @@ def endpoint_row(row: Any, busy: Any = False, on_disable: Event = None, on_enabl
 
 def endpoint_table(rows: Any, is_busy: Callable[[Any], Any] = lambda _id: False,
                    on_disable: Event = None, on_enable: Event = None,
-                   on_edit_retry: Event = None, can_manage: Any = True) -> rx.Component:
+                   on_edit_retry: Event = None, can_manage: Any = True,
+                   on_resync: Event = None) -> rx.Component:
     """Endpoints in a table, or an empty state."""
     return either(
         is_empty(rows),
@@ -116,7 +125,7 @@ def endpoint_table(rows: Any, is_busy: Callable[[Any], Any] = lambda _id: False,
                            "Success (1 h)", "Retry policy", ""),
             rx.table.body(each(rows, lambda row: endpoint_row(
                 row, busy=is_busy(row["id"]), on_disable=on_disable, on_enable=on_enable,
-                on_edit_retry=on_edit_retry, can_manage=can_manage))),
+                on_edit_retry=on_edit_retry, can_manage=can_manage, on_resync=on_resync))),
             variant="ghost",
             size="1",
             width="100%",
@@ -284,6 +293,51 @@ def disable_dialog(open_: Any, url: Any, reason: Any, error: Any, busy: Any = Fa
                 spacing="2",
             ),
             max_width="460px",
+        ),
+        open=open_,
+        **_on(on_open_change=(lambda is_open: on_cancel()) if on_cancel else None),
+    )
+
+
+def resync_dialog(open_: Any, url: Any, total: Any, since: Any, reason: Any, error: Any,
+                  busy: Any = False, *, on_since: Event = None, on_reason: Event = None,
+                  on_confirm: Event = None, on_cancel: Event = None) -> rx.Component:
+    """"Re-send N messages?" — N is the dry run's count for the since date chosen (every
+    message the endpoint received when left empty); exactly those are re-sent."""
+    return rx.alert_dialog.root(
+        rx.alert_dialog.content(
+            rx.alert_dialog.title(f"Re-send {total} messages?"),
+            rx.alert_dialog.description(
+                rx.text("Every message ", rx.code(url), " received", either(
+                    since != "", rx.text.span(" since ", rx.text.strong(since)), rx.fragment()),
+                        " is delivered again as a new delivery, once each, paced on the bulk "
+                        "lane. Exactly these ", rx.text.strong(total),
+                        " messages are re-sent; you can pause or cancel from the operations "
+                        "cards."),
+                size="2"),
+            rx.vstack(
+                _label("Only messages since (optional)", "resync-since"),
+                rx.input(value=since, id="resync-since", type="date", width="100%",
+                         **_on(on_change=on_since)),
+                _label("Reason (kept in the audit log)", "resync-reason"),
+                rx.input(value=reason, id="resync-reason", max_length=500, width="100%",
+                         placeholder="e.g. receiver restored from a backup",
+                         **_on(on_change=on_reason)),
+                field_error("resync", error),
+                spacing="1",
+                width="100%",
+                padding_y="1em",
+            ),
+            rx.hstack(
+                rx.button("Cancel", variant="soft", color_scheme="gray",
+                          **_on(on_click=on_cancel)),
+                rx.button(f"Re-send {total}", loading=busy, disabled=any_true(busy, total == 0),
+                          class_name="resync-confirm-button", id="resync-confirm",
+                          **_on(on_click=on_confirm)),
+                justify="end",
+                spacing="2",
+            ),
+            max_width="480px",
         ),
         open=open_,
         **_on(on_open_change=(lambda is_open: on_cancel()) if on_cancel else None),

@@ -1,5 +1,6 @@
 """State of "Retry All": the confirmation (a frozen count), and live progress with Pause,
-Resume and Cancel for every bulk operation in progress (and the ones that just finished).
+Resume and Cancel for every bulk operation in progress (and the ones that just finished) —
+Retry All, re-sync, archive and delete by filter alike, each card labelled by its kind.
 
 The rules live in jobs.operations.bulk; this state asks it, checks the role first (operators
 and admins act, viewers watch), and shows refusals as toasts. Progress arrives through the
@@ -22,7 +23,7 @@ from jobs.operations import bulk
 from pydantic import ValidationError as PydanticValidationError
 
 from models.dlq_filter import DlqFilter, select
-from models.enums import DeadLetterStatus, Role
+from models.enums import BulkKind, DeadLetterStatus, Role
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ class OperationItem(TypedDict):
     """An operation as the progress card shows it (labels computed here, not in the UI)."""
 
     id: int
+    kind: str
+    title: str  # "Retry all #12", "Re-sync #13", "Archive #14", "Delete #15"
     state: str
     live: bool
     total: int
@@ -60,14 +63,42 @@ def _eta_label(eta_s: float | None, live: bool) -> str:
     return f"about {eta_s / 60:.0f} min left"
 
 
-def _scope_label(scope: dict[str, Any]) -> str:
+#: kind → (card title, what a success is called, the scope when nothing narrows it)
+KIND_LABELS: dict[str, tuple[str, str, str]] = {
+    "retry": ("Retry all", "succeeded", "every active entry"),
+    "resync": ("Re-sync", "succeeded", "every message received"),
+    "archive": ("Archive", "archived", "every active or resolved entry"),
+    "delete": ("Delete", "deleted", "every entry not being retried"),
+}
+
+
+def _labels(kind: str) -> tuple[str, str, str]:
+    return KIND_LABELS.get(kind, (kind.capitalize() or "Operation", "succeeded", "everything"))
+
+
+def _scope_label(scope: dict[str, Any], kind: str = "retry") -> str:
     parts = [f"{key.replace('_', ' ')} {value}" for key, value in scope.items()
              if key not in ("status", "max_id")]
-    return ", ".join(parts) if parts else "every active entry"
+    if kind in ("archive", "delete") and scope.get("status") not in (
+            None, [s.value for s in bulk.ACTS_ON[BulkKind(kind)]]):
+        parts.insert(0, f"status {', '.join(scope['status'])}")  # narrower than the kind's
+    return ", ".join(parts) if parts else _labels(kind)[2]
+
+
+def _figures_label(view: bulk.OperationView) -> str:
+    """"120 succeeded · 3 failed · 0 cancelled · 2 skipped"; archive and delete have no
+    failures: "40 archived · 0 cancelled · 1 skipped"."""
+    done = f"{view['succeeded']} {_labels(view['kind'])[1]}"
+    failed = [] if view["kind"] in ("archive", "delete") else [f"{view['failed']} failed"]
+    return " · ".join([done, *failed, f"{view['cancelled']} cancelled",
+                       f"{view['skipped']} skipped"])
 
 
 async def _new_failures(view: bulk.OperationView) -> int:
-    """Active entries of the operation's scope that arrived after it was frozen."""
+    """Active entries of a Retry All's scope that arrived after it was frozen (other kinds'
+    scopes are not the active DLQ: nothing to say)."""
+    if view["kind"] != "retry":
+        return 0
     scope = dict(view["scope"])
     frozen_at = scope.pop("max_id", None)
     if not frozen_at:
@@ -81,21 +112,27 @@ async def operation_item(view: bulk.OperationView) -> OperationItem:
     done = view["completed"] + view["cancelled"] + view["skipped"]
     total = max(view["total"], 1)
     return OperationItem(
-        id=view["id"], state=view["state"], live=live, total=view["total"], done=done,
+        id=view["id"], kind=view["kind"], title=f"{_labels(view['kind'])[0]} #{view['id']}",
+        state=view["state"], live=live, total=view["total"], done=done,
         succeeded=view["succeeded"], failed=view["failed"], cancelled=view["cancelled"],
-        percent=min(100, round(100 * done / total)),
-        figures_label=(f"{view['succeeded']} succeeded · {view['failed']} failed · "
-                       f"{view['cancelled']} cancelled · {view['skipped']} skipped"),
-        eta_label=_eta_label(view["eta_s"], live), scope_label=_scope_label(view["scope"]),
+        percent=min(100, round(100 * done / total)), figures_label=_figures_label(view),
+        eta_label=_eta_label(view["eta_s"], live),
+        scope_label=_scope_label(view["scope"], view["kind"]),
         actor=view["actor"], reason=view["reason"] or "",
         halted_reason=view["halted_reason"] or "",
         new_failures=await _new_failures(view) if live else 0)
 
 
 def finished_summary(op: OperationItem) -> str:
-    """"Bulk retry complete: 20 succeeded, 3 failed" (or cancelled / halted)."""
+    """"Bulk retry #4 complete: 20 succeeded, 3 failed" (or cancelled / halted); "Re-sync #5
+    complete: …", "Archive #6 complete: 40 archived"."""
     verdict = {"completed": "complete"}.get(op["state"], op["state"])
-    text = f"Bulk retry #{op['id']} {verdict}: {op['succeeded']} succeeded, {op['failed']} failed"
+    kind = op.get("kind", "retry")
+    name, success, _ = _labels(kind)
+    name = "Bulk retry" if kind == "retry" else name
+    text = f"{name} #{op['id']} {verdict}: {op['succeeded']} {success}"
+    if kind not in ("archive", "delete"):
+        text += f", {op['failed']} failed"
     return text + (f", {op['cancelled']} cancelled" if op["cancelled"] else "")
 
 

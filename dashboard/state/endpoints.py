@@ -1,7 +1,9 @@
-"""State of the Endpoints page: the endpoint overview, disable/enable and the retry editor.
+"""State of the Endpoints page: the endpoint overview, disable/enable, the retry editor and
+a forced re-sync (admins; a confirmation stating the count, an optional since date).
 
-Handlers call jobs.operations.endpoints (the same functions as REST and the CLI) and keep
-plain rows. The page refreshes on load and after each action.
+Handlers call jobs.operations.endpoints and jobs.operations.resync (the same functions as REST
+and the CLI) and keep plain rows. The page refreshes on load and after each action; a
+re-sync's progress shows in the operations cards of the Scheduler and Dead letters pages.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dashboard.state.rows import clock_label
 from dashboard.state.session import current_actor, signed_in
 from jobs.errors import OperationError, ValidationError
 from jobs.operations import endpoints as ops
+from jobs.operations import resync
 from jobs.operations.endpoints import EndpointOverview
 from jobs.policy import RetryPolicy
 from models.enums import Role
@@ -72,6 +75,23 @@ def errors_of(exc: ValidationError) -> dict[str, str]:
     return errors
 
 
+def parse_since(value: str) -> datetime | None:
+    """The since date typed (`YYYY-MM-DD`, or an ISO time; naive = UTC); None when blank.
+
+    Raises:
+        ValidationError: naming `since` when it is not a date.
+    """
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValidationError("since: must be a date (YYYY-MM-DD)", {"fields": [
+            {"field": "since", "rule": "date", "message": "must be a date (YYYY-MM-DD)"}]}
+        ) from exc
+
+
 class EndpointsState(rx.State):
     """Endpoints overview and the actions on one endpoint."""
 
@@ -92,6 +112,16 @@ class EndpointsState(rx.State):
     retry_jitter: bool = True
     retry_errors: dict[str, str] = no_errors()
     saving: bool = False
+    # re-sync confirmation (0 = closed): the count and snapshot of the last dry run, for the
+    # since date typed (YYYY-MM-DD, "" = every message)
+    resync_id: int = 0
+    resync_url: str = ""
+    resync_since: str = ""
+    resync_total: int = 0
+    resync_snapshot: int = 0
+    resync_reason: str = ""
+    resync_error: str = ""
+    resync_starting: bool = False
 
     @rx.var
     def app_count(self) -> int:
@@ -270,6 +300,86 @@ class EndpointsState(rx.State):
         await self._reload()
         yield rx.toast.success(done, description=f"Endpoint {endpoint_id}: "
                                f"{ops.retry_summary(RetryPolicy(**view['policy']))}.")
+
+    # -- re-sync (admins) ----------------------------------------------------------------
+
+    async def _count(self) -> None:
+        """The dry run for the endpoint and since date asked about."""
+        preview = await resync.preview_resync(self.resync_id,
+                                              since=parse_since(self.resync_since))
+        self.resync_total, self.resync_snapshot = preview["total"], preview["snapshot"] or 0
+
+    @rx.event
+    async def ask_resync(self, endpoint_id: int) -> AsyncIterator[Any]:
+        """Count what a re-sync of the endpoint would re-send and open the confirmation."""
+        try:
+            await runtime.ensure_db()
+            await current_actor(self, Role.ADMIN)
+            self.resync_id, self.resync_since = endpoint_id, ""
+            await self._count()
+        except Exception as exc:  # noqa: BLE001 - reported as a toast
+            self.resync_id = 0
+            yield _failure("Re-sync is not possible", exc)
+            return
+        if not self.resync_total:
+            self.cancel_resync()
+            yield rx.toast.info("Nothing to re-sync",
+                                description=f"Endpoint {endpoint_id} never received a message.")
+            return
+        self.resync_url = next((r["url"] for r in self.endpoints if r["id"] == endpoint_id), "")
+        self.resync_reason, self.resync_error = "", ""
+
+    @rx.event
+    async def set_resync_since(self, value: str) -> AsyncIterator[Any]:
+        """Narrow to messages since a date: the count in the dialog follows."""
+        self.resync_since, self.resync_error = value, ""
+        try:
+            await self._count()
+        except ValidationError as exc:
+            self.resync_error = exc.message
+        except Exception as exc:  # noqa: BLE001 - e.g. the endpoint was disabled meanwhile
+            self.cancel_resync()
+            yield _failure("Re-sync is not possible", exc)
+
+    @rx.event
+    def set_resync_reason(self, value: str) -> None:
+        self.resync_reason, self.resync_error = value, ""
+
+    @rx.event
+    def cancel_resync(self) -> None:
+        self.resync_id, self.resync_url, self.resync_since = 0, "", ""
+        self.resync_total, self.resync_snapshot, self.resync_reason = 0, 0, ""
+        self.resync_error, self.resync_starting = "", False
+
+    @rx.event
+    async def confirm_resync(self) -> AsyncIterator[Any]:
+        """Start the re-sync over exactly the messages counted (the dry run's snapshot)."""
+        endpoint_id = self.resync_id
+        if not endpoint_id or self.resync_starting or not self.resync_total:
+            return
+        self.resync_starting = True
+        yield
+        try:
+            await runtime.ensure_db()
+            started = await resync.start_resync(
+                endpoint_id, await current_actor(self, Role.ADMIN),
+                since=parse_since(self.resync_since), reason=self.resync_reason or None,
+                snapshot=self.resync_snapshot or None, redis=await runtime.get_redis())
+        except ValidationError as exc:  # e.g. a reason is required: the dialog stays open
+            self.resync_starting = False
+            self.resync_error = next((f.get("message", exc.message)
+                                      for f in exc.details.get("fields", [])), exc.message)
+            return
+        except Exception as exc:  # noqa: BLE001 - reported as a toast
+            self.cancel_resync()
+            yield _failure("Re-sync was not started", exc)
+            return
+        self.cancel_resync()
+        yield rx.toast.success(
+            "Re-sync started",
+            description=f"Operation {started['operation_id']}: re-sending {started['total']} "
+                        f"messages to endpoint {endpoint_id}; progress on the Scheduler and "
+                        "Dead letters pages.")
 
 
 def _failure(title: str, exc: Exception) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import reflex as rx
 
-from dashboard.components.endpoints import (disable_dialog, endpoints_panel,
+from dashboard.components.endpoints import (disable_dialog, endpoints_panel, resync_dialog,
                                             retry_config_dialog, retry_config_editor)
 from dashboard.state.endpoints import EndpointsState as S
 from dashboard.state.session import AuthState
@@ -37,18 +37,24 @@ def endpoints_view() -> rx.Component:
         rx.vstack(
             rx.heading("Endpoints", size="6"),
             rx.text("Applications and their endpoints: health, deliveries in flight, recent "
-                    "success rate, retry policy. Disable or re-enable an endpoint here.",
+                    "success rate, retry policy. Disable or re-enable an endpoint, or re-send "
+                    "every message it received (Re-sync), here.",
                     size="2", color_scheme="gray"),
             spacing="1",
         ),
         endpoints_panel(
             S.endpoints, S.app_count, S.failing_count, S.disabled_count,
             is_busy=S.busy.contains, on_disable=S.ask_disable, on_enable=S.enable,
-            on_edit_retry=S.open_retry_editor, can_manage=AuthState.is_admin),
+            on_edit_retry=S.open_retry_editor, can_manage=AuthState.is_admin,
+            on_resync=S.ask_resync),
         disable_dialog(S.disable_id != 0, S.disable_url, S.disable_reason, S.disable_error,
                        S.busy.contains(S.disable_id), on_reason=S.set_disable_reason,
                        on_confirm=S.confirm_disable, on_cancel=S.cancel_disable),
         _retry_editor(),
+        resync_dialog(S.resync_id != 0, S.resync_url, S.resync_total, S.resync_since,
+                      S.resync_reason, S.resync_error, S.resync_starting,
+                      on_since=S.set_resync_since, on_reason=S.set_resync_reason,
+                      on_confirm=S.confirm_resync, on_cancel=S.cancel_resync),
         spacing="5",
         width="100%",
     )

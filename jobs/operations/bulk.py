@@ -1,19 +1,24 @@
-"""Bulk Retry All: the one place it lives (REST, CLI and dashboard call these functions).
+"""Bulk operations — Retry All, re-sync, archive and delete by filter: the one place they start,
+are read and controlled (REST, CLI and dashboard call these functions).
 
-    start_retry_all ─► BulkOperation row + Redis hash + ONE audit row + ONE walker job (bulk lane)
-    walk_bulk_operation (arq job) ─► per batch: read the flags once, claim entries (CAS
-        active → retrying), create their deliveries in one bulk_create, hand them to the bulk
-        lane as `deliver_batch` jobs paced per endpoint
+    start_retry_all | start_archive_all | start_delete_all | resync.start_resync
+        ─► BulkOperation row + Redis hash + ONE audit row + ONE walker job (bulk lane)
+    walk_bulk_operation (jobs.operations.bulk_walk, arq job) ─► per batch: read the flags once,
+        then by kind: retry claims entries (CAS active → retrying) and creates their deliveries;
+        re-sync creates one new delivery per message; both hand them to the bulk lane as
+        `deliver_batch` jobs paced per endpoint. Archive and delete act on the batch's entries
+        in the database (one compare-and-set statement), no HTTP.
     deliver_batch (jobs.deliver) ─► cancel_queued() once per batch; record_outcomes bumps the
         hash once per batch (record_progress) and the last batch finishes the operation
 
-Snapshot-bound: the scope is frozen by `max_id` (entries that fail later are not swept in) and
-by the start time (an entry changed since — retried, archived, failed again — is left alone and
-counted `skipped`). Figures: `completed = succeeded + failed`; the operation finishes when
-`completed + cancelled + skipped == total`. Entries of a disabled or deleted endpoint are
-`skipped` (left active and untouched: a retry cannot succeed and would only add noise to their
-history). A cancel counts the entries never handed out, and the queued deliveries it stops, as
-`cancelled`. Each bulk delivery gets exactly one attempt (no policy retries), so progress ends.
+Snapshot-bound: the scope is frozen by `max_id` (entries that fail later — or, for a re-sync,
+messages published later — are not swept in) and by the start time (an entry changed since —
+retried, archived, failed again — is left alone and counted `skipped`). Figures: `completed =
+succeeded + failed`; the operation finishes when `completed + cancelled + skipped == total`.
+Entries of a disabled or deleted endpoint are `skipped` by a retry (left active and untouched: a
+retry cannot succeed and would only add noise to their history). A cancel counts the entries
+never handed out, and the queued deliveries it stops, as `cancelled`. Each bulk delivery gets
+exactly one attempt (no policy retries), so progress ends.
 
 Live figures are the Redis hash `{namespace}:bulk:{id}` (kept one hour after the end); the row
 holds the walker's cursor and figures (a restarted walker resumes from them) and the final
@@ -23,12 +28,8 @@ second walker of the same operation stops at its first batch.
 
 from __future__ import annotations
 
-import asyncio
-import math
-import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
@@ -41,28 +42,51 @@ from tortoise.transactions import in_transaction
 from jobs import audit
 from jobs.errors import ConflictError, NotFoundError, ValidationError
 from jobs.events import publish_events
+from jobs.operations.dlq import TRANSITIONS
 from jobs.operations.reasons import check_reason
-from jobs.queue import BATCH_SIZE, bulk_queue_name, enqueue_bulk_batch
+from jobs.queue import bulk_queue_name
 from models.bulk import BulkOperation
 from models.config import get_settings
 from models.dead_letters import DeadLetter
 from models.deliveries import Delivery
 from models.dlq_filter import DlqFilter, select
-from models.endpoints import Endpoint
 from models.enums import BulkKind, BulkState, DeadLetterStatus, DeliveryStatus
 
 S = BulkState
 LIVE_STATES = (S.RUNNING, S.PAUSED, S.HALTED, S.CANCELLING)  # not finished yet
 FIGURES = ("total", "completed", "succeeded", "failed", "cancelled", "skipped")
-POLL_S = 0.5  # how often a paused walker (or one waiting for its canary) looks again
-LOOKAHEAD_S = 1.0  # the walker hands out work at most this far ahead of its pacing
-PACE_SLICE_S = 0.2  # one paced job carries about this much of an endpoint's rate
-SEGMENT_S = 240.0  # a walker job re-enqueues itself after this long (bounded job_timeout)
 HASH_TTL_S = 3600  # the live hash outlives its operation by an hour
+
+#: the entry statuses each DLQ kind acts on: a retry takes active entries; archive follows
+#: jobs.operations.dlq.TRANSITIONS (active or resolved → archived); delete takes any entry
+#: not being retried (its retry reports back to the entry)
+ACTS_ON: dict[BulkKind, tuple[DeadLetterStatus, ...]] = {
+    BulkKind.RETRY: (DeadLetterStatus.ACTIVE,),
+    BulkKind.ARCHIVE: tuple(s for s, to in TRANSITIONS.items() if DeadLetterStatus.ARCHIVED in to),
+    BulkKind.DELETE: tuple(s for s in DeadLetterStatus if s != DeadLetterStatus.RETRYING),
+}
+#: kind → (audit action, verb for messages)
+_ACTIONS = {BulkKind.RETRY: ("dlq.retry_all", "retry"),
+            BulkKind.ARCHIVE: ("dlq.archive_all", "archive"),
+            BulkKind.DELETE: ("dlq.delete_all", "delete"),
+            BulkKind.RESYNC: ("endpoint.resync", "re-sync")}
 
 
 class NothingToRetryError(ConflictError):
     code = "nothing_to_retry"
+
+
+class NothingToArchiveError(ConflictError):
+    code = "nothing_to_archive"
+
+
+class NothingToDeleteError(ConflictError):
+    code = "nothing_to_delete"
+
+
+_NOTHING: dict[BulkKind, type[ConflictError]] = {
+    BulkKind.RETRY: NothingToRetryError, BulkKind.ARCHIVE: NothingToArchiveError,
+    BulkKind.DELETE: NothingToDeleteError}
 
 
 class Canary(BaseModel):
@@ -75,7 +99,7 @@ class Canary(BaseModel):
 
 class Preview(TypedDict):
     total: int
-    snapshot: int | None  # pass it back to start_retry_all: the count confirmed is the count acted on
+    snapshot: int | None  # pass it back to start_…: the count confirmed is the count acted on
 
 
 class Started(TypedDict):
@@ -106,6 +130,8 @@ class OperationView(TypedDict):
 
 #: cancel_operation, pause_operation, resume_operation: (id, actor, *, reason, redis) → view
 ControlAction = Callable[..., Awaitable[OperationView]]
+#: start_archive_all, start_delete_all: (filter, actor, *, reason, snapshot, redis) → Started
+StartByFilter = Callable[..., Awaitable[Started]]
 
 
 def progress_key(operation_id: int) -> str:
@@ -120,20 +146,26 @@ def rate_per_endpoint() -> float:
 
 # --- starting ---------------------------------------------------------------------------------
 
-def _frozen(f: DlqFilter, snapshot: int | None) -> DlqFilter:
-    """The scope as acted on: active entries only, bounded by the snapshot."""
-    if f.status and set(f.status) != {DeadLetterStatus.ACTIVE}:
-        raise ValidationError("scope.status: a bulk retry acts on active entries only", {
-            "fields": [{"field": "scope.status", "rule": "active_only",
-                        "message": "must be left out or be [\"active\"]"}]})
-    return f.model_copy(update={"status": [DeadLetterStatus.ACTIVE],
+def _frozen(f: DlqFilter, snapshot: int | None, kind: BulkKind = BulkKind.RETRY) -> DlqFilter:
+    """The scope as acted on: the statuses `kind` acts on (or those of them asked for),
+    bounded by the snapshot."""
+    allowed = ACTS_ON[kind]
+    if f.status and not set(f.status) <= set(allowed):
+        names = ", ".join(s.value for s in allowed)
+        only = "active entries only" if kind == BulkKind.RETRY else f"{names} entries only"
+        raise ValidationError(f"scope.status: a bulk {_ACTIONS[kind][1]} acts on {only}", {
+            "fields": [{"field": "scope.status", "rule": f"{kind.value}_statuses",
+                        "message": f"must be left out or a subset of [{names}]"}]})
+    return f.model_copy(update={"status": list(f.status or allowed),
                                 "max_id": snapshot or f.max_id})
 
 
-async def preview(f: DlqFilter, *, snapshot: int | None = None) -> Preview:
-    """How many active entries a Retry All over `f` would act on, and the snapshot that
-    freezes that selection (the highest matching id). Changes nothing."""
-    frozen = await _snapshot(_frozen(f, snapshot))
+async def preview(f: DlqFilter, *, snapshot: int | None = None,
+                  kind: BulkKind = BulkKind.RETRY) -> Preview:
+    """How many entries a Retry All (or archive/delete by filter: `kind`) over `f` would act
+    on, and the snapshot that freezes that selection (the highest matching id). Changes
+    nothing."""
+    frozen = await _snapshot(_frozen(f, snapshot, kind))
     if frozen.max_id is None:
         return Preview(total=0, snapshot=None)
     return Preview(total=await select(frozen).count(), snapshot=frozen.max_id)
@@ -157,26 +189,73 @@ async def start_retry_all(f: DlqFilter, actor: str, *, reason: str | None = None
         ValidationError: a reason is required and missing, or the scope asks for other statuses.
         ConflictError: nothing to retry (no active entry in the scope).
     """
+    return await _start_dlq(BulkKind.RETRY, f, actor, reason=reason, snapshot=snapshot,
+                            canary=canary, redis=redis)
+
+
+async def start_archive_all(f: DlqFilter, actor: str, *, reason: str | None = None,
+                            snapshot: int | None = None, redis: ArqRedis) -> Started:
+    """Archive every active or resolved entry of `f` (frozen at `snapshot`, or now) in
+    batches in the background; one audit row (`dlq.archive_all`), not one per entry.
+
+    Raises:
+        ValidationError: a reason is required and missing, or the scope asks for a status
+            that cannot become archived.
+        ConflictError: nothing to archive.
+    """
+    return await _start_dlq(BulkKind.ARCHIVE, f, actor, reason=reason, snapshot=snapshot,
+                            redis=redis)
+
+
+async def start_delete_all(f: DlqFilter, actor: str, *, reason: str | None = None,
+                           snapshot: int | None = None, redis: ArqRedis) -> Started:
+    """Delete for good every entry of `f` that is not being retried (frozen at `snapshot`, or
+    now), in batches in the background; one audit row (`dlq.delete_all`) keeps who, the scope,
+    the total and the reason. The failed deliveries and messages stay (the delivery log).
+
+    Raises:
+        ValidationError: a reason is required and missing, or the scope asks for `retrying`.
+        ConflictError: nothing to delete.
+    """
+    return await _start_dlq(BulkKind.DELETE, f, actor, reason=reason, snapshot=snapshot,
+                            redis=redis)
+
+
+async def _start_dlq(kind: BulkKind, f: DlqFilter, actor: str, *, reason: str | None,
+                     snapshot: int | None, canary: Canary | None = None,
+                     redis: ArqRedis) -> Started:
     reason = check_reason(reason, destructive=True)
-    frozen = await _snapshot(_frozen(f, snapshot))
+    frozen = await _snapshot(_frozen(f, snapshot, kind))
     started_at = datetime.now(UTC)  # entries changed after this are left alone
     total = await select(frozen).count() if frozen.max_id else 0
     if not total:
-        raise NothingToRetryError("nothing to retry: no active DLQ entry matches the scope",
-                                  {"scope": frozen.described()})
-    scope = frozen.described()
+        noun = "an active" if kind == BulkKind.RETRY else "a matching"
+        verb = _ACTIONS[kind][1]
+        raise _NOTHING[kind](f"nothing to {verb}: no {noun} DLQ entry matches the scope",
+                             {"scope": frozen.described()})
+    op_id = await launch(kind, frozen.described(), total, actor, reason=reason,
+                         started_at=started_at, canary=canary, redis=redis)
+    return Started(operation_id=op_id, total=total, snapshot=int(frozen.max_id))  # type: ignore[arg-type]
+
+
+async def launch(kind: BulkKind, scope: dict[str, Any], total: int, actor: str, *,
+                 reason: str | None, started_at: datetime, canary: Canary | None = None,
+                 redis: ArqRedis, **details: Any) -> int:
+    """Create the operation and its ONE audit row (in one transaction), its live hash and
+    its walker job; returns the operation id. The scope is already frozen and counted."""
     async with in_transaction():
         op = await BulkOperation.create(
-            kind=BulkKind.RETRY, scope=scope, total=total, actor=actor, reason=reason,
+            kind=kind, scope=scope, total=total, actor=actor, reason=reason,
             canary=canary.model_dump() if canary else None, started_at=started_at)
-        await audit.record(actor, "dlq.retry_all", "bulk_operation", op.id, scope=scope,
-                           total=total, reason=reason, canary=op.canary)
+        extra = {"canary": op.canary} if kind == BulkKind.RETRY else {}
+        await audit.record(actor, _ACTIONS[kind][0], "bulk_operation", op.id, scope=scope,
+                           total=total, reason=reason, **extra, **details)
     await redis.hset(progress_key(op.id), mapping={  # type: ignore[misc]
         "total": total, "completed": 0, "succeeded": 0, "failed": 0, "cancelled": 0,
         "skipped": 0, "handed": 0, "state": S.RUNNING.value})
     await redis.enqueue_job("walk_bulk_operation", op.id, _queue_name=bulk_queue_name())
     await publish_events(redis, [_event(op.id, S.RUNNING, {"total": total})])
-    return Started(operation_id=op.id, total=total, snapshot=int(frozen.max_id))  # type: ignore[arg-type]
+    return int(op.id)
 
 
 def _event(operation_id: int, state: BulkState | str, figures: dict[str, int]) -> dict[str, Any]:
@@ -359,7 +438,8 @@ async def cancel_queued(redis: Redis, operation_id: int, delivery_ids: list[int]
             status=DeliveryStatus.CANCELLED, finished_at=now, updated_at=now, claim_token=token)
         rows = await Delivery.filter(claim_token=token, status=DeliveryStatus.CANCELLED
                                      ).values_list("id", "metadata")
-        entry_ids = [m["__retry_metadata"]["dead_letter_id"] for _, m in rows]
+        entry_ids = [i for _, m in rows  # a re-sync delivery may have no entry
+                     if (i := (m.get("__retry_metadata") or {}).get("dead_letter_id"))]
         await DeadLetter.filter(id__in=entry_ids, status=DeadLetterStatus.RETRYING).update(
             status=DeadLetterStatus.ACTIVE, retry_count=F("retry_count") - 1, updated_at=now)
     if rows:
@@ -422,216 +502,10 @@ async def end_walk(redis: Redis, operation_id: int, *, cancelled: bool) -> bool:
     return True
 
 
-# --- the walker -------------------------------------------------------------------------------
+def __getattr__(name: str) -> Any:
+    """The walker lives in jobs.operations.bulk_walk; its names stay importable from here."""
+    if name in ("walk_bulk_operation", "resume_walkers", "SEGMENT_S"):
+        from jobs.operations import bulk_walk
 
-class _Superseded(Exception):
-    """Another walker moved the cursor, or the walk was ended (cancel): stop walking."""
-
-
-@dataclass
-class _Pacer:
-    """Per-endpoint start times: an endpoint's deliveries are spread at `rate` per second,
-    later still while it asked to wait (Retry-After)."""
-
-    rate: float
-    next_free: dict[int, float] = field(default_factory=dict)
-
-    @property
-    def chunk(self) -> int:
-        if not self.rate:
-            return BATCH_SIZE
-        return max(1, min(BATCH_SIZE, math.ceil(self.rate * PACE_SLICE_S)))
-
-    @property
-    def batch(self) -> int:
-        """Entries per walker batch: at most LOOKAHEAD_S of one endpoint's rate, so a pause
-        or cancel holds back all but about that much."""
-        if not self.rate:
-            return BATCH_SIZE
-        return max(self.chunk, min(BATCH_SIZE, math.ceil(self.rate * LOOKAHEAD_S)))
-
-    def schedule(self, endpoint_id: int, n: int, now: float, hold_until: float = 0.0) -> float:
-        """When (seconds from now) `n` more deliveries to the endpoint may start."""
-        if not self.rate:
-            return max(hold_until - now, 0.0)
-        start = max(now, self.next_free.get(endpoint_id, 0.0), hold_until)
-        self.next_free[endpoint_id] = start + n / self.rate
-        return start - now
-
-    def ahead(self, now: float) -> float:
-        return max(self.next_free.values(), default=now) - now
-
-
-@dataclass
-class _Walk:
-    op: BulkOperation
-    scope: DlqFilter
-    pacer: _Pacer
-    deadline: float
-
-
-async def walk_bulk_operation(ctx: dict[str, Any], operation_id: int) -> str:
-    """arq job (bulk lane): walk the operation's frozen scope in id order, in batches.
-
-    Before each batch it reads the operation's hash once: cancelled → stop; paused → wait;
-    halted → stop (resume starts a new walker). Resumes from the row's cursor, so a restarted
-    or re-enqueued walker picks up where the last one stopped.
-    """
-    redis: ArqRedis = ctx["redis"]
-    op = await BulkOperation.get_or_none(id=operation_id)
-    if op is None or op.state not in LIVE_STATES or op.walked_at is not None:
-        return "nothing_to_do"
-    await redis.hset(progress_key(op.id), mapping={  # type: ignore[misc]
-        "handed": op.handed, "skipped": op.skipped})  # the row is the truth for the walk
-    walk = _Walk(op, DlqFilter.model_validate(op.scope), _Pacer(rate_per_endpoint()),
-                 time.monotonic() + SEGMENT_S)
-    try:
-        return await _walk(redis, walk)
-    except _Superseded:
-        return "superseded"
-
-
-async def _walk(redis: ArqRedis, walk: _Walk) -> str:
-    op = walk.op
-    while True:
-        flags = {_s(k): _s(v) for k, v in (await redis.hgetall(progress_key(op.id))).items()}
-        state = flags.get("state", op.state.value)
-        if state == S.CANCELLING.value:
-            await end_walk(redis, op.id, cancelled=True)
-            return "cancelled"
-        if state in (S.HALTED.value, S.CANCELLED.value, S.COMPLETED.value):
-            return state
-        if time.monotonic() > walk.deadline:  # bounded job: hand over to a fresh one
-            await redis.enqueue_job("walk_bulk_operation", op.id, _queue_name=bulk_queue_name())
-            return "continued"
-        if state == S.PAUSED.value:
-            await asyncio.sleep(POLL_S)
-            continue
-        if (wait := walk.pacer.ahead(time.time()) - LOOKAHEAD_S) > 0:  # far enough ahead
-            await asyncio.sleep(min(wait, POLL_S))
-            continue
-        limit = walk.pacer.batch
-        if op.canary and not op.canary_passed:
-            left = op.canary["count"] - op.handed
-            if left <= 0:
-                if await _judge_canary(redis, op):
-                    continue
-                return "halted"
-            limit = min(limit, left)
-        rows = await select(walk.scope).filter(
-            id__gt=op.cursor, updated_at__lte=op.started_at).order_by("id").limit(limit
-            ).values_list("id", "delivery_id", "message_id", "endpoint_id", "retry_count")
-        if not rows:
-            await end_walk(redis, op.id, cancelled=False)
-            return "walked"
-        await _hand_out(redis, walk, rows, flags)
-
-
-async def _hand_out(redis: ArqRedis, walk: _Walk, rows: list[tuple[Any, ...]],
-                    flags: dict[str, str]) -> None:
-    """One batch: claim the entries (CAS), create their deliveries, move the cursor — in one
-    transaction — then enqueue them paced per endpoint."""
-    op = walk.op
-    enabled = dict(await Endpoint.filter(id__in={r[3] for r in rows if r[3]}
-                                         ).values_list("id", "enabled"))
-    wanted = [r for r in rows if r[3] and enabled.get(r[3])]
-    now, token = datetime.now(UTC), str(uuid.uuid4())
-    async with in_transaction() as conn:
-        # the cursor is the walkers' lock: a second walker (or a cancel) makes this 0
-        if not await BulkOperation.filter(id=op.id, cursor=op.cursor, walked_at=None).update(
-                cursor=rows[-1][0]):
-            raise _Superseded
-        claimed = await _claim(wanted, op, now)
-        await Delivery.bulk_create([Delivery(
-            message_id=r[2], endpoint_id=r[3], status=DeliveryStatus.QUEUED, retry_of_id=r[1],
-            bulk_operation_id=op.id, claim_token=token,
-            metadata={"__retry_metadata": {
-                "original_delivery_id": r[1], "dead_letter_id": r[0], "retry_count": r[4] + 1,
-                "sandbox": False, "bulk_operation_id": op.id}}) for r in claimed])
-        created = await Delivery.filter(claim_token=token).values_list(
-            "id", "endpoint_id", "retry_of_id")
-        by_original = {original: d for d, _, original in created}
-        if claimed:
-            # one statement for the batch; ids are integers read from the database
-            whens = " ".join(f"WHEN {int(r[0])} THEN {int(by_original[r[1]])}" for r in claimed)
-            await conn.execute_query(
-                f"UPDATE dead_letter SET last_retry_delivery_id = CASE id {whens} END "
-                f"WHERE id IN ({', '.join(str(int(r[0])) for r in claimed)})")
-        skipped = len(rows) - len(claimed)
-        await BulkOperation.filter(id=op.id).update(handed=op.handed + len(claimed),
-                                                    skipped=op.skipped + skipped)
-    op.cursor, op.handed, op.skipped = rows[-1][0], op.handed + len(claimed), op.skipped + skipped
-    await redis.hset(progress_key(op.id), mapping={  # type: ignore[misc]
-        "handed": op.handed, "skipped": op.skipped})
-    await _enqueue_paced(redis, walk, [(d, e) for d, e, _ in created], flags)
-    await publish_events(redis, [_event(op.id, S.RUNNING, {"handed": op.handed,
-                                                          "skipped": op.skipped})])
-    if skipped:
-        await finish_if_complete(redis, op.id)
-
-
-async def _claim(wanted: list[tuple[Any, ...]], op: BulkOperation,
-                 now: datetime) -> list[tuple[Any, ...]]:
-    """Compare-and-set active → retrying; entries changed since the start are left alone."""
-    if not wanted:
-        return []
-    ids = [r[0] for r in wanted]
-    n = await DeadLetter.filter(id__in=ids, status=DeadLetterStatus.ACTIVE,
-                                updated_at__lte=op.started_at).update(
-        status=DeadLetterStatus.RETRYING, retry_count=F("retry_count") + 1, updated_at=now)
-    if n == len(ids):
-        return wanted
-    # a concurrent change took some: ours are those carrying this very update
-    mine = set(await DeadLetter.filter(id__in=ids, status=DeadLetterStatus.RETRYING,
-                                       updated_at=now).values_list("id", flat=True))
-    return [r for r in wanted if r[0] in mine]
-
-
-async def _enqueue_paced(redis: ArqRedis, walk: _Walk, created: list[tuple[int, int]],
-                         flags: dict[str, str]) -> None:
-    by_endpoint: dict[int, list[int]] = {}
-    for delivery_id, endpoint_id in sorted(created):
-        by_endpoint.setdefault(endpoint_id, []).append(delivery_id)
-    now, chunk = time.time(), walk.pacer.chunk
-    for endpoint_id, ids in by_endpoint.items():
-        hold = float(flags.get(f"hold:{endpoint_id}", 0.0))
-        for i in range(0, len(ids), chunk):
-            part = ids[i:i + chunk]
-            delay = walk.pacer.schedule(endpoint_id, len(part), now, hold)
-            await enqueue_bulk_batch(redis, part, walk.op.id, defer_s=delay)
-
-
-async def _judge_canary(redis: ArqRedis, op: BulkOperation) -> bool:
-    """Wait until the canary's deliveries finished; True to go on, False when halted (or the
-    operation stopped meanwhile)."""
-    while True:
-        live = {_s(k): _s(v) for k, v in (await redis.hgetall(progress_key(op.id))).items()}
-        f = _ints(live)
-        if live.get("state") not in (S.RUNNING.value, S.PAUSED.value):
-            return True  # cancelled or finished meanwhile: the walk loop sees to it
-        if f["completed"] + f["cancelled"] >= op.handed:
-            break
-        await asyncio.sleep(POLL_S)
-    assert op.canary is not None
-    pct = 100.0 * f["failed"] / f["completed"] if f["completed"] else 0.0
-    if pct <= op.canary["max_failure_pct"] or _complete(live):
-        await BulkOperation.filter(id=op.id).update(canary_passed=True)
-        op.canary_passed = True
-        return True
-    reason = (f"canary: {f['failed']} of the first {f['completed']} retries failed "
-              f"({pct:.0f}% > {op.canary['max_failure_pct']:g}%)")
-    if await BulkOperation.filter(id=op.id, state=S.RUNNING).update(state=S.HALTED,
-                                                                   halted_reason=reason):
-        await _set_state(redis, op.id, S.HALTED)
-        await audit.record("system", "bulk.halt", "bulk_operation", op.id, reason=reason)
-    return False
-
-
-async def resume_walkers(redis: ArqRedis) -> int:
-    """On bulk worker start-up: a walker for every operation whose walk was interrupted
-    (worker killed or restarted); the cursor's compare-and-set makes extra walkers harmless."""
-    ids = await BulkOperation.filter(state__in=[S.RUNNING, S.PAUSED, S.CANCELLING],
-                                     walked_at=None).values_list("id", flat=True)
-    for op_id in ids:
-        await redis.enqueue_job("walk_bulk_operation", op_id, _queue_name=bulk_queue_name())
-    return len(ids)
+        return getattr(bulk_walk, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest_asyncio
 import reflex as rx
 
 from dashboard import routes, runtime
-from dashboard.components.endpoints import endpoint_row, retry_config_editor
+from dashboard.components.bulk import operation_card
+from dashboard.components.endpoints import endpoint_row, resync_dialog, retry_config_editor
 from dashboard.components.shell import header
 from dashboard.pages.endpoints import endpoints_page
+from dashboard.state.bulk import finished_summary, load_operations
 from dashboard.state.endpoints import (EndpointsState, endpoint_item, form_values,
                                        no_errors)
+from jobs.operations import bulk
 from jobs.operations.endpoints import list_endpoints_overview
 from jobs.policy import DEFAULT_POLICY
 from models.audit import AuditLog
+from models.bulk import BulkOperation
+from models.dlq_filter import DlqFilter
 from models.deliveries import Delivery, Message
 from models.endpoints import Application, Endpoint
-from models.enums import DeliveryStatus
-from tests.factories import FAST_POLICY, make_endpoint
+from models.enums import BulkKind, DeliveryStatus
+from tests.factories import FAST_POLICY, make_dead_letter, make_endpoint
 from tests.dashboard.sessions import actor_of, signed_in
 
 URL = "http://127.0.0.1:9/hook"
@@ -254,3 +259,132 @@ def test_endpoints_page_renders_and_is_in_the_navigation_after_scheduler():
     html = str(endpoints_page())
     assert 'id:"endpoints-panel"' in html and 'id:"retry-config-editor"' in html
     assert "Disable endpoint?" in html
+
+
+# -- re-sync -----------------------------------------------------------------------------------
+
+@pytest_asyncio.fixture
+async def with_redis(db: str, redis: Any) -> AsyncIterator[Any]:
+    yield redis
+    await runtime.close()
+
+
+async def _received(endpoint: Endpoint, n: int, age_days: float = 0) -> list[Message]:
+    """`n` messages the endpoint received (created `age_days` ago)."""
+    messages = []
+    for _ in range(n):
+        message = await Message.create(app_id=endpoint.app_id, event_type="order.paid",  # type: ignore[attr-defined]
+                                       payload={})
+        if age_days:
+            await Message.filter(id=message.id).update(
+                created_at=datetime.now(UTC) - timedelta(days=age_days))
+        await Delivery.create(message=message, endpoint=endpoint,
+                              status=DeliveryStatus.SUCCEEDED)
+        messages.append(message)
+    return messages
+
+
+async def test_resync_confirms_the_count_narrows_by_date_and_starts(with_redis):
+    endpoint = await make_endpoint(URL)
+    await _received(endpoint, 2, age_days=10)
+    recent = await _received(endpoint, 3, age_days=1)
+    _, state = await loaded()
+
+    await run(state.ask_resync(endpoint.id))
+    assert (state.resync_id, state.resync_url, state.resync_total) == (endpoint.id, URL, 5)
+    assert not await BulkOperation.exists()  # nothing until confirmed
+    since = (datetime.now(UTC) - timedelta(days=3)).date().isoformat()
+    await run(state.set_resync_since(since))
+    assert (state.resync_total, state.resync_snapshot) == (3, recent[-1].id)
+    await _received(endpoint, 1)  # published while the dialog is open: not included
+    state.set_resync_reason("receiver restored")
+    items = await run(state.confirm_resync())
+
+    assert "Re-sync started" in toasts(items) and "re-sending 3 messages" in toasts(items)
+    assert state.resync_id == 0
+    op = await BulkOperation.get()
+    assert (op.kind, op.total, op.actor, op.reason) == (
+        BulkKind.RESYNC, 3, actor_of("admin"), "receiver restored")
+    assert op.scope == {"endpoint_id": endpoint.id, "max_id": recent[-1].id,
+                        "since": f"{since}T00:00:00+00:00"}
+    [card] = await load_operations()
+    assert (card["title"], card["kind"], card["total"]) == (f"Re-sync #{op.id}", "resync", 3)
+    assert f"Re-sync #{op.id}" in str(operation_card(card))
+
+
+async def test_resync_is_refused_to_operators_and_for_disabled_endpoints(with_redis):
+    endpoint = await make_endpoint(URL)
+    off = await make_endpoint("http://127.0.0.1:9/off", enabled=False, disabled_reason="gone")
+    await _received(endpoint, 1)
+    await _received(off, 1)
+    operator = await (await signed_in("operator")).get_state(EndpointsState)
+    _, admin = await loaded()
+
+    refused = await run(operator.ask_resync(endpoint.id))
+    assert "Re-sync is not possible" in toasts(refused) and operator.resync_id == 0
+    disabled = await run(admin.ask_resync(off.id))
+    assert f"endpoint {off.id} is disabled (gone)" in toasts(disabled) and admin.resync_id == 0
+    operator.resync_id, operator.resync_total = endpoint.id, 1  # a forged confirmation
+    forged = await run(operator.confirm_resync())
+    assert "Re-sync was not started" in toasts(forged)
+    assert not await BulkOperation.exists() and not await AuditLog.exists()
+
+
+async def test_a_bad_since_date_or_a_missing_reason_keeps_the_dialog_open(with_redis,
+                                                                          monkeypatch):
+    endpoint = await make_endpoint(URL)
+    await _received(endpoint, 2)
+    _, state = await loaded()
+    await run(state.ask_resync(endpoint.id))
+
+    await run(state.set_resync_since("01/05/2025"))
+    assert "since: must be a date" in state.resync_error and state.resync_id == endpoint.id
+    await run(state.set_resync_since(""))
+    assert (state.resync_error, state.resync_total) == ("", 2)
+    monkeypatch.setenv("OBSERVATORY_REQUIRE_REASON", "1")
+    items = await run(state.confirm_resync())
+
+    assert toasts(items) == "" and state.resync_error == "required for this action"
+    assert state.resync_id == endpoint.id and not state.resync_starting
+    assert not await BulkOperation.exists()
+
+
+async def test_cards_are_titled_by_kind(with_redis):
+    endpoint = await make_endpoint(URL)
+    for _ in range(2):
+        await make_dead_letter(endpoint)
+    archived = await bulk.start_archive_all(DlqFilter(), "olga", redis=with_redis)
+    deleted = await bulk.start_delete_all(DlqFilter(endpoint_id=endpoint.id), "root",
+                                          redis=with_redis)
+
+    cards = {c["id"]: c for c in await load_operations()}
+
+    archive, delete = cards[archived["operation_id"]], cards[deleted["operation_id"]]
+    assert archive["title"] == f"Archive #{archived['operation_id']}"
+    assert archive["scope_label"] == "every active or resolved entry"
+    assert archive["figures_label"] == "0 archived · 0 cancelled · 0 skipped"
+    assert delete["title"] == f"Delete #{deleted['operation_id']}"
+    assert delete["scope_label"].startswith(f"endpoint id {endpoint.id}")
+    done = {**delete, "state": "completed", "succeeded": 2}
+    assert finished_summary(done) == f"Delete #{deleted['operation_id']} complete: 2 deleted"
+
+
+async def test_rows_offer_resync_only_while_enabled(backend):
+    on = await make_endpoint(URL)
+    off = await make_endpoint("http://127.0.0.1:9/off", enabled=False, disabled_reason="gone")
+    rows = {row["id"]: endpoint_item(row) for row in await list_endpoints_overview()}
+
+    on_html = str(endpoint_row(rows[on.id]))
+    off_html = str(endpoint_row(rows[off.id]))
+
+    assert f'"aria-label":"Re-sync endpoint {on.id}"' in on_html
+    assert _resync_disabled(on_html) is False and _resync_disabled(off_html) is True
+    html = str(resync_dialog(True, URL, 3, "2025-05-01", "", ""))
+    assert "Re-send 3 messages?" in html and 'id:"resync-since"' in html
+    assert '"2025-05-01"' in html
+
+
+def _resync_disabled(html: str) -> bool:
+    """Whether the Re-sync button of a statically rendered row is disabled."""
+    at = html.index("endpoint-resync-button")
+    return "disabled:true" in html[html.rindex("jsx(", 0, at):html.index("}", at)]

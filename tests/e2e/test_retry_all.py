@@ -37,7 +37,11 @@ async def test_retry_all_confirms_the_count_shows_progress_and_cancel_stops_the_
     await page.screenshot(path=str(ARTIFACTS / "retry-all-confirm.png"))
     await dialog.get_by_role("button", name=f"Retry {ENTRIES}").click()
 
-    op = await BulkOperation.get()
+    for _ in range(100):  # the click reaches the server asynchronously
+        if op := await BulkOperation.first():
+            break
+        await asyncio.sleep(0.1)
+    assert op is not None, "Retry all did not start"
     card = page.locator(f"#bulk-operation-{op.id}")
     await expect(card).to_be_visible(timeout=5_000)
     done = card.locator(".bulk-done")

@@ -120,9 +120,10 @@ async def test_set_status_of_missing_entry_is_not_found(db, redis):
 async def test_concurrent_changes_apply_once(db, redis):
     entry = await entry_in(S.ACTIVE)
 
+    # ten operators resolve the same entry at once (resolved -> archived is legal, so mixing
+    # targets could legitimately apply two changes in a row; the same target applies once)
     results = await asyncio.gather(
-        *(dlq.set_status(entry.id, wanted, f"user{i}", redis=redis)
-          for i, wanted in enumerate([S.RESOLVED, S.ARCHIVED] * 5)),
+        *(dlq.set_status(entry.id, S.RESOLVED, f"user{i}", redis=redis) for i in range(10)),
         return_exceptions=True)
 
     applied = [r for r in results if isinstance(r, dict)]
