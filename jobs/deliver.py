@@ -43,12 +43,16 @@ STALE_RUNNING_S = ATTEMPT_DEADLINE_S + 90  # past arq's job_timeout + in-progres
 _CLAIMABLE = [DeliveryStatus.QUEUED, DeliveryStatus.RETRYING]
 
 
-async def claim(delivery_ids: list[int]) -> list[Delivery]:
-    """Take the deliveries that are still waiting, atomically (one UPDATE), and load them."""
+async def claim(delivery_ids: list[int], agent_id: str | None = None) -> list[Delivery]:
+    """Take the deliveries that are still waiting, atomically (one UPDATE), and load them.
+
+    `agent_id` (the worker's, see jobs.heartbeats) is stored so that the zombie sweep can hand
+    back what a dead worker held (jobs.fleet.sweep_zombies).
+    """
     token = str(uuid.uuid4())
     taken = await Delivery.filter(id__in=delivery_ids, status__in=_CLAIMABLE).update(
         status=DeliveryStatus.RUNNING, attempts=F("attempts") + 1, claim_token=token,
-        updated_at=datetime.now(UTC))
+        claimed_by=agent_id, updated_at=datetime.now(UTC))
     if not taken:
         return []
     deliveries = await Delivery.filter(claim_token=token, status=DeliveryStatus.RUNNING
@@ -247,7 +251,7 @@ async def deliver_batch(ctx: dict[str, Any], delivery_ids: list[int],
             cancelled := await bulk.cancel_queued(ctx["redis"], operation_id, delivery_ids)
     ) is not None:
         return {"claimed": 0, "cancelled": cancelled}
-    deliveries = await claim(delivery_ids)
+    deliveries = await claim(delivery_ids, ctx.get("agent_id"))
     if not deliveries:
         return {"claimed": 0}
     return {"claimed": len(deliveries), **await run_claimed(ctx, deliveries)}
@@ -255,27 +259,32 @@ async def deliver_batch(ctx: dict[str, Any], delivery_ids: list[int],
 
 async def deliver(ctx: dict[str, Any], delivery_id: int) -> str:
     """arq job: the next attempt of one delivery (retries, the reconciler, manual retries)."""
-    deliveries = await claim([delivery_id])
+    deliveries = await claim([delivery_id], ctx.get("agent_id"))
     if not deliveries:
         return "skipped"
     counts = await run_claimed(ctx, deliveries)
     return next((k for k in counts if counts[k] and k != "detached"), "detached")
 
 
-async def recover_stale_running(ctx: dict[str, Any], older_than_s: float = STALE_RUNNING_S) -> int:
+async def recover_stale_running(ctx: dict[str, Any], older_than_s: float = STALE_RUNNING_S,
+                                claimed_by: str | None = None) -> int:
     """Deliveries stuck `running` (their worker was killed): count the lost try, then retry or
     dead-letter them through the normal path (exactly once: the claim below is a CAS).
 
     arq never calls us for a job whose last try was killed, so this is the only way out.
+    `claimed_by` limits it to what one agent held (the zombie sweep, with `older_than_s=0`);
+    the CAS clears it, so two sweeps never both count the lost try.
     """
     now = datetime.now(UTC)
     cutoff = now - timedelta(seconds=older_than_s)
-    stale = await Delivery.filter(status=DeliveryStatus.RUNNING, updated_at__lt=cutoff
+    scope = {"claimed_by": claimed_by} if claimed_by is not None else {}
+    stale = await Delivery.filter(status=DeliveryStatus.RUNNING, updated_at__lt=cutoff, **scope
                                   ).select_related("message", "endpoint")
     finished = []
     for delivery in stale:
         taken = await Delivery.filter(id=delivery.id, status=DeliveryStatus.RUNNING,
-                                      updated_at__lt=cutoff).update(updated_at=now)
+                                      updated_at__lt=cutoff, **scope).update(
+            updated_at=now, claimed_by=None)
         if taken:
             finished.append(Finished(delivery, AttemptResult(
                 started_at=delivery.updated_at, duration_ms=0.0,

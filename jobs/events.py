@@ -2,8 +2,9 @@
 
 Every event is a small JSON object `{"type": ..., ...}` on the channel
 `{namespace}:events` (see models.config.Settings.events_channel). Types in use:
-`delivery.updated` (id, status), `dlq.changed` (id, status), `cron.changed` (name),
-`agent.heartbeat` (id), `bulk.progress` (id, state, total, completed, succeeded, failed,
+`delivery.updated` (id, status), `dlq.changed` (id, status), `cron.changed` (name; `*` after
+the missed-tick sweep),
+`agent.heartbeat` (id), `agent.zombie` (id), `scaling.event` (id, direction), `bulk.progress` (id, state, total, completed, succeeded, failed,
 cancelled, skipped; once per batch). Subscribers treat them as "refresh that panel" hints.
 """
 

@@ -12,6 +12,8 @@ Redis layout (`ns` = models.config.get_settings().namespace; no TTL, counters on
     {ns}:metrics:retries     string  retries scheduled
     {ns}:metrics:duration    hash    'le:0.25' -> observations in that bucket alone (not
                                      cumulative), 'sum' -> seconds observed
+    {ns}:metrics:cron_missed hash    job name -> cron ticks recorded missed (jobs.cron_watch)
+    {ns}:metrics:cron_drift  hash    job name -> seconds its last run started after its tick
 """
 
 from __future__ import annotations
@@ -60,6 +62,22 @@ class MetricKeys:
     deliveries: str
     retries: str
     duration: str
+
+
+def cron_metric_keys() -> tuple[str, str]:
+    """(missed, drift): the Redis hashes of the cron metrics, keyed by job name."""
+    prefix = f"{get_settings().namespace}:metrics"
+    return f"{prefix}:cron_missed", f"{prefix}:cron_drift"
+
+
+async def count_cron_missed(redis: Redis, job: str, n: int = 1) -> None:
+    """Count `n` ticks of `job` recorded missed (a counter: pruning runs never lowers it)."""
+    await redis.hincrby(cron_metric_keys()[0], job, n)
+
+
+async def note_cron_drift(redis: Redis, job: str, drift_s: float) -> None:
+    """Keep how late `job`'s latest run started after its tick."""
+    await redis.hset(cron_metric_keys()[1], job, f"{max(drift_s, 0.0):.6f}")
 
 
 def metric_keys() -> MetricKeys:
@@ -203,6 +221,8 @@ class FleetSnapshot:
     dlq: dict[str, int] | None = None
     pending: dict[str, int] | None = None  # deliveries queued, running, retrying
     oldest_queued_age_s: float | None = None
+    cron_missed: dict[str, int] | None = None  # per cron job
+    cron_drift: dict[str, float] | None = None  # per cron job, seconds (its latest run)
     sources: dict[str, bool] = field(default_factory=dict)
 
 
@@ -239,7 +259,11 @@ async def _read_redis(snapshot: FleetSnapshot, redis: Redis | None, now: datetim
         pipe.zcard(queue_name())
         # arq scores jobs with round(time * 1000): compare with the same rounding, read now
         pipe.zcount(queue_name(), "-inf", round(time.time() * 1000))
-        outcomes, retries, duration, depth, due = await pipe.execute()
+        for key in cron_metric_keys():
+            pipe.hgetall(key)
+        outcomes, retries, duration, depth, due, missed, drift = await pipe.execute()
+    snapshot.cron_missed = {_text(k): int(v) for k, v in missed.items()}
+    snapshot.cron_drift = {_text(k): float(v) for k, v in drift.items()}
     snapshot.outcomes = {}
     for raw_field, n in outcomes.items():
         outcome, reason = json.loads(_text(raw_field))
@@ -308,11 +332,25 @@ class FleetCollector:
                 value=s.queue_depth)
             yield GaugeMetricFamily("webhook_queue_due", "Jobs in the arq delivery queue whose "
                                     "time has come (running ones included).", value=s.queue_due)
+        yield from self._cron_metrics()
         yield from self._database_gauges()
         yield _labelled(GaugeMetricFamily(
             "observatory_metrics_source_up", "Whether this scrape could read the source (1) or "
             "left its metrics out (0).", labels=["source"]),
             [((source,), float(ok)) for source, ok in s.sources.items()])
+
+    def _cron_metrics(self) -> Iterator[Metric]:
+        s = self.snapshot
+        if s.cron_missed is not None:
+            yield _labelled(CounterMetricFamily(
+                "observatory_cron_missed", "Cron ticks that did not start within their grace "
+                "window (recorded `missed`), by job.", labels=["job"]),
+                [((job,), n) for job, n in sorted(s.cron_missed.items())])
+        if s.cron_drift is not None:
+            yield _labelled(GaugeMetricFamily(
+                "observatory_cron_drift_seconds", "How late the latest run of each cron job "
+                "started after its scheduled tick.", labels=["job"]),
+                [((job,), v) for job, v in sorted(s.cron_drift.items())])
 
     def _database_gauges(self) -> Iterator[Metric]:
         s = self.snapshot

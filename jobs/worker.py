@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
+from datetime import UTC
 from typing import Any
 
 from arq.connections import RedisSettings
 from arq.worker import func
 
-from jobs.cron import arq_cron_jobs, register_cron_jobs
+from jobs.cron import arq_cron_jobs, register_cron_jobs, run_cron_job
 from jobs.attempt import ATTEMPT_DEADLINE_S
 from jobs.deliver import close_context, deliver, deliver_batch, init_context, stop_detached
-from jobs.heartbeats import beat, heartbeat_loop, worker_id
+from jobs.heartbeats import (WorkerStats, job_ended, job_started, start_heartbeat,
+                             stop_heartbeat, worker_id)
 from jobs.http import make_client
 from jobs.metrics import start_flushing, stop_flushing
-from jobs.operations.bulk import SEGMENT_S, resume_walkers, walk_bulk_operation
+from jobs.operations.bulk_walk import SEGMENT_S, resume_walkers, walk_bulk_operation
 from jobs.queue import bulk_queue_name as _bulk_queue_name
 from jobs.queue import queue_name as _queue_name
 from jobs.queue import redis_settings
 from models.config import get_settings
 from models.db import close_db, init_db
-from models.enums import AgentStatus
 
 
 
@@ -45,40 +44,30 @@ async def _start(ctx: dict[str, Any]) -> None:
     await init_db()
     ctx["http"] = make_client()
     init_context(ctx)
+    ctx["metrics"] = WorkerStats()  # the delivery metrics plus the totals each beat reports
     start_flushing(ctx)
-    ctx["agent_id"] = worker_id()
-
-
-async def _start_heartbeat(ctx: dict[str, Any]) -> None:
-    await beat(ctx["agent_id"], ctx["redis"])
-    ctx["heartbeat"] = asyncio.create_task(heartbeat_loop(ctx["agent_id"], ctx["redis"]))
+    ctx["agent_id"] = worker_id()  # stored on the deliveries it claims (jobs.deliver.claim)
 
 
 async def startup(ctx: dict[str, Any]) -> None:
     await _start(ctx)
     await register_cron_jobs()
-    await _start_heartbeat(ctx)
+    await start_heartbeat(ctx, _queue_name())
 
 
 async def bulk_startup(ctx: dict[str, Any]) -> None:
     """The bulk lane's worker: no cron (the delivery workers run it); walkers interrupted by
     a restart are resumed."""
     await _start(ctx)
-    await _start_heartbeat(ctx)
+    await start_heartbeat(ctx, _bulk_queue_name())
     await resume_walkers(ctx["redis"])
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    if task := ctx.get("heartbeat"):
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    if agent_id := ctx.get("agent_id"):
-        with contextlib.suppress(Exception):
-            await beat(agent_id, ctx["redis"], status=AgentStatus.STOPPED)
     await stop_detached(ctx)
     await stop_flushing(ctx)  # after stop_detached: the stragglers' outcomes count too
     await close_context(ctx)
+    await stop_heartbeat(ctx)  # last, with the final totals: `stopped` is never a zombie
     if client := ctx.get("http"):
         await client.aclose()
     await close_db()
@@ -89,10 +78,14 @@ def _redis_settings() -> RedisSettings:
 
 
 class WorkerSettings:
-    functions = [deliver_batch, deliver]
+    functions = [deliver_batch, deliver,
+                 func(run_cron_job, name="run_cron_job", max_tries=1, timeout=300)]
     cron_jobs = arq_cron_jobs()
+    timezone = UTC  # cron expressions, missed-tick checks and the panel all speak UTC
     on_startup = startup
     on_shutdown = shutdown
+    on_job_start = job_started  # the running-job count of the heartbeat
+    on_job_end = job_ended
     queue_name = _queue_name()
     redis_settings = _redis_settings()
     max_jobs = 64
@@ -110,8 +103,9 @@ class WorkerSettings:
 
 
 class BulkWorkerSettings:
-    """`arq jobs.worker.BulkWorkerSettings`: the bulk lane (Retry All walkers and their
-    deliveries) on its own queue, so a large replay never delays live traffic.
+    """`arq jobs.worker.BulkWorkerSettings`: the bulk lane (the walkers of Retry All, re-sync,
+    archive and delete by filter, and their deliveries) on its own queue, so a large replay
+    never delays live traffic.
 
     A plain class like WorkerSettings (arq reads the class's own attributes, not inherited ones).
     """
@@ -120,6 +114,8 @@ class BulkWorkerSettings:
                       timeout=SEGMENT_S + 60, max_tries=3), deliver_batch, deliver]
     on_startup = bulk_startup
     on_shutdown = shutdown
+    on_job_start = job_started
+    on_job_end = job_ended
     queue_name = _bulk_queue_name()
     redis_settings = _redis_settings()
     max_jobs = 32

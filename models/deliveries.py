@@ -47,6 +47,8 @@ class Delivery(Model):
     metadata = fields.JSONField(default=dict)
     # set by the batch that claimed it (compare-and-set), so the claimer can read its rows back
     claim_token = fields.CharField(max_length=36, null=True, db_index=True)
+    # the agent (worker id) that claimed it: the zombie sweep hands back what a dead one held
+    claimed_by = fields.CharField(max_length=200, null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
     finished_at = fields.DatetimeField(null=True)

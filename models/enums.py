@@ -26,11 +26,13 @@ class CronRunStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    MISSED = "missed"  # the tick did not start within its grace window (reason in `error`)
 
 
 class AgentStatus(StrEnum):
     ALIVE = "alive"
-    STOPPED = "stopped"
+    STOPPED = "stopped"  # exited cleanly: never a zombie
+    ZOMBIE = "zombie"  # silent past the window; marked by the zombie sweep (jobs/fleet.py)
 
 
 class BulkKind(StrEnum):

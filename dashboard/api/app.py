@@ -11,6 +11,8 @@ from starlette.routing import Route
 
 from dashboard import runtime
 from dashboard.api.common import parse_body, prepare
+from dashboard.api.agents import agents_bodies, agents_routes
+from dashboard.api.cron import cron_bodies, cron_routes
 from dashboard.api.dlq import dlq_bodies, dlq_routes
 from dashboard.api.docs import docs_route
 from dashboard.api.endpoints import endpoint_bodies, endpoint_routes
@@ -151,13 +153,15 @@ routes = [
     Route("/v1/deliveries/{id:int}", get_delivery, methods=["GET"]),
     *dlq_routes,
     *operation_routes,
+    *cron_routes,
+    *agents_routes,
     *endpoint_routes,
 ]
 
 OPENAPI = build_openapi(
     routes, bodies={"create_app": AppIn, "create_endpoint": EndpointIn, "publish": MessageIn,
             "publish_batch": MessageBatchIn, **endpoint_bodies, **dlq_bodies,
-            **operation_bodies},
+            **operation_bodies, **cron_bodies, **agents_bodies},
     public={"/v1/health", "/v1/openapi.json", "/v1/docs"},
     optional=frozenset({"retry_dlq_entry", "archive_dlq_entry", "delete_dlq_entry", "rotate_secret",
                         "cancel_operation", "pause_operation", "resume_operation",

@@ -34,10 +34,11 @@ def build_openapi(routes: list[Route], bodies: dict[str, type[BaseModel]],
                               "4XX": {"description": "Error", "content": {"application/json": {
                                   "schema": {"$ref": "#/components/schemas/Error"}}}}},
             }
-            params = re.findall(r"\{(\w+)\}", path)
+            # `{id:int}` is an integer; a plain `{name}` a string
+            params = re.findall(r"\{(\w+)(:\w+)?\}", route.path)
             if params:
-                op["parameters"] = [{"name": p, "in": "path", "required": True,
-                                     "schema": {"type": "integer"}} for p in params]
+                op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {
+                    "type": "integer" if kind == ":int" else "string"}} for p, kind in params]
             if model := bodies.get(name):
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(schema.pop("$defs", {}))

@@ -14,6 +14,7 @@ CRON_STATUSES: dict[str, tuple[str, str]] = {
     "running": ("Running", "blue"),
     "succeeded": ("Succeeded", "green"),
     "failed": ("Failed", "red"),
+    "missed": ("Missed", "orange"),  # the tick did not start within its grace window
 }
 DEAD_LETTER_STATUSES: dict[str, tuple[str, str]] = {
     "active": ("Failed", "red"),

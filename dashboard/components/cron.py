@@ -1,40 +1,116 @@
-"""Cron Job Dashboard pieces: one table row per run, coloured by status."""
+"""Cron Job Dashboard pieces: a row per job (next run, last result, Run now, Pause/Resume) and
+a row per recent run (status, drift, reason, Retry), each carrying `cron-status-<status>`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import reflex as rx
 
-from dashboard.components.badges import cron_status_badge
+from dashboard.components.badges import cron_status_badge, status_badge
 from dashboard.components.panel import column_headers, empty_state, panel
-from dashboard.components.reactive import each, either, is_empty, pick
+from dashboard.components.reactive import any_true, each, either, is_empty, negate, pick
 
-# a soft tint per status so failed and running rows stand out from the rest
-_ROW_TINT = {"failed": rx.color("red", 2), "running": rx.color("blue", 2)}
+# a soft tint per status so failed, missed and running rows stand out from the rest
+_ROW_TINT = {"failed": rx.color("red", 2), "missed": rx.color("orange", 2),
+             "running": rx.color("blue", 2), "paused": rx.color("gray", 2)}
+# statuses the shared badge table may not know (yet): their own colour here
+_EXTRA = {"missed": ("Missed", "orange"), "paused": ("Paused", "gray")}
+
+Handler = Callable[[Any], Any]
+RUN_HEADERS = ("Job", "Status", "Scheduled (UTC) · drift", "Duration", "Error / reason", "")
 
 
-def cron_row(run: Any) -> rx.Component:
-    """One run (a CronRunItem, or a Var of one): its row carries `cron-status-<status>`."""
-    status = run["status"]
+def cron_badge(status: Any) -> rx.Component:
+    """The status badge, `cron-badge-<status>`; missed (orange) and paused (gray) included."""
+    extra = {key: status_badge(label, color, class_name=f"cron-badge cron-badge-{key}")
+             for key, (label, color) in _EXTRA.items()}
+    return pick(status, extra, cron_status_badge(status))
+
+
+def _field(row: Any, key: str, default: Any = "") -> Any:
+    """`row[key]`; a plain row without the key (a bare CronRunItem) gives `default`."""
+    return row.get(key, default) if isinstance(row, dict) else row[key]
+
+
+def _job_cell(run: Any) -> rx.Component:
+    return rx.table.row_header_cell(rx.vstack(
+        rx.text(run["job"], weight="medium", size="2", white_space="nowrap"),
+        rx.code(run["expression"], variant="ghost", size="1", color_scheme="gray",
+                white_space="nowrap"),
+        spacing="0"))
+
+
+def _small(text: Any, **props: Any) -> rx.Component:
+    return rx.text(text, size="2", white_space="nowrap", **props)
+
+
+def _action(label: Any, aria: Any, on_click: Any, busy: Any, disabled: Any,
+            class_name: str, color: str = "gray") -> rx.Component:
+    """A real <button>: keyboard operable, spins and is disabled while its request runs."""
+    return rx.button(label, on_click=on_click, loading=busy, disabled=disabled,
+                     aria_label=aria, size="1", variant="soft", color_scheme=color,
+                     class_name=class_name)
+
+
+def cron_job_row(job: Any, *, is_busy: Handler, can_operate: Any, on_run: Handler,
+                 on_pause: Handler, on_resume: Handler) -> rx.Component:
+    """One job: next run (or paused), last result with its drift, missed ticks, actions."""
+    name, status = job["job"], job["status"]
+    paused = status == "paused"
+    toggle_busy = is_busy(f"pause:{name}")
     return rx.table.row(
-        rx.table.row_header_cell(
-            rx.vstack(
-                rx.text(run["job"], weight="medium", size="2", white_space="nowrap"),
-                rx.code(run["expression"], variant="ghost", size="1", color_scheme="gray",
-                        white_space="nowrap"),
-                spacing="0",
-            ),
-        ),
-        rx.table.cell(cron_status_badge(status)),
-        rx.table.cell(rx.text(run["when_label"], size="2", white_space="nowrap")),
-        rx.table.cell(rx.text(run["duration_label"], size="2", color_scheme="gray",
-                              white_space="nowrap")),
-        rx.table.cell(
-            rx.text(run["error_label"], size="1", color_scheme="red",
-                    max_width="220px", overflow="hidden", text_overflow="ellipsis",
-                    white_space="nowrap", title=run["error_label"]),
-        ),
+        _job_cell(job),
+        rx.table.cell(either(paused, cron_badge("paused"), _small(job["when_label"]))),
+        rx.table.cell(rx.hstack(
+            either(_field(job, "last_status", None), cron_badge(_field(job, "last_status")),
+                   _small("never ran", color_scheme="gray")),
+            _small(_field(job, "drift_label"), color_scheme="orange", class_name="cron-drift"),
+            spacing="2", align="center")),
+        rx.table.cell(_small(_field(job, "missed_24h", 0), class_name="cron-missed-count")),
+        rx.table.cell(rx.hstack(
+            _action("Run now", f"Run {name} now", on_run(name), is_busy(f"run:{name}"),
+                    any_true(is_busy(f"run:{name}"), negate(can_operate)), "cron-run-button"),
+            either(paused,
+                   _action("Resume", f"Resume {name}", on_resume(name), toggle_busy,
+                           any_true(toggle_busy, negate(can_operate)), "cron-resume-button",
+                           "green"),
+                   _action("Pause", f"Pause {name}", on_pause(name), toggle_busy,
+                           any_true(toggle_busy, negate(can_operate)), "cron-pause-button")),
+            spacing="2")),
+        id=f"cron-job-{name}",
+        class_name=f"cron-job cron-status-{status}",
+        background=pick(status, _ROW_TINT, "transparent"),
+        align="center",
+    )
+
+
+def cron_row(run: Any, *, is_busy: Handler | None = None, can_operate: Any = False,
+             on_retry: Handler | None = None) -> rx.Component:
+    """One run: status, when, drift, duration, error or missed reason, and Retry when it
+    failed or was missed (and was not retried yet)."""
+    status, run_id = run["status"], run["id"]
+    retry = rx.fragment()
+    if on_retry is not None and is_busy is not None:
+        busy = is_busy(f"retry:{run_id}")
+        retry = either(_field(run, "can_retry", False), _action(
+            "Retry", f"Retry cron run {run_id}", on_retry(run_id), busy,
+            any_true(busy, negate(can_operate)), "cron-retry-button", "red"), rx.fragment())
+    return rx.table.row(
+        rx.table.row_header_cell(_small(run["job"], weight="medium")),
+        rx.table.cell(cron_badge(status)),
+        rx.table.cell(rx.hstack(
+            _small(run["when_label"]),
+            _small(_field(run, "drift_label"), color_scheme="orange", class_name="cron-drift"),
+            spacing="2")),
+        rx.table.cell(_small(run["duration_label"], color_scheme="gray")),
+        rx.table.cell(rx.text(run["error_label"], size="1", color_scheme="red",
+                              max_width="200px", overflow="hidden", text_overflow="ellipsis",
+                              white_space="nowrap", title=run["error_label"],
+                              class_name="cron-reason")),
+        rx.table.cell(retry),
+        id=f"cron-run-{run_id}",
         class_name=f"cron-row cron-status-{status}",
         background=pick(status, _ROW_TINT, "transparent"),
         align="center",
@@ -42,37 +118,53 @@ def cron_row(run: Any) -> rx.Component:
 
 
 def cron_table(runs: Any, empty_message: str) -> rx.Component:
-    """Runs in a table, or `empty_message` when there are none."""
+    """Runs in a table without actions (static renders), or `empty_message` when none."""
+    return _table(runs, empty_message, RUN_HEADERS, cron_row)
+
+
+def _table(rows: Any, empty_message: str, headers: tuple[str, ...],
+           render: Callable[[Any], rx.Component]) -> rx.Component:
     return either(
-        is_empty(runs),
+        is_empty(rows),
         empty_state(empty_message, icon="calendar-x"),
-        rx.table.root(
-            column_headers("Job", "Status", "Scheduled (UTC)", "Duration", "Error"),
-            rx.table.body(each(runs, cron_row)),
-            variant="ghost",
-            size="1",
-            width="100%",
-        ),
+        rx.table.root(column_headers(*headers), rx.table.body(each(rows, render)),
+                      variant="ghost", size="1", width="100%"),
     )
 
 
-def cron_panel(upcoming: Any, recent: Any, failed_count: Any = 0) -> rx.Component:
-    """The Cron Job Dashboard card: upcoming runs, then recent ones."""
+def cron_panel(upcoming: Any, recent: Any, failed_count: Any = 0, missed_count: Any = 0, *,
+               is_busy: Handler = lambda key: False, can_operate: Any = False,
+               on_run: Handler | None = None, on_pause: Handler | None = None,
+               on_resume: Handler | None = None, on_retry: Handler | None = None
+               ) -> rx.Component:
+    """The Cron Job Dashboard card: the jobs (next run, last result, actions), then the
+    recent runs (failed and missed ones kept until retried)."""
+    noop: Handler = lambda _: rx.noop()  # noqa: E731 - static renders without handlers
+    job_row = lambda job: cron_job_row(  # noqa: E731
+        job, is_busy=is_busy, can_operate=can_operate, on_run=on_run or noop,
+        on_pause=on_pause or noop, on_resume=on_resume or noop)
+    run_row = lambda run: cron_row(run, is_busy=is_busy, can_operate=can_operate,  # noqa: E731
+                                   on_retry=on_retry)
     return panel(
         "Cron Job Dashboard",
         "calendar-clock",
         rx.vstack(
-            rx.text("Upcoming", size="2", weight="bold", color_scheme="gray"),
-            cron_table(upcoming, "No cron jobs are scheduled."),
+            rx.text("Jobs", size="2", weight="bold", color_scheme="gray"),
+            _table(upcoming, "No cron jobs are scheduled.",
+                   ("Job", "Next run (UTC)", "Last result", "Missed 24 h", ""), job_row),
             rx.text("Recent runs", size="2", weight="bold", color_scheme="gray",
                     padding_top="0.5em"),
-            cron_table(recent, "No cron run has been recorded yet."),
+            _table(recent, "No cron run has been recorded yet.", RUN_HEADERS, run_row),
             spacing="2",
             width="100%",
         ),
-        description="Next run of every job and the latest runs",
-        aside=either(failed_count > 0,
-                     rx.badge(f"{failed_count} failed", color_scheme="red", variant="surface"),
-                     rx.fragment()),
+        description="Every job's next run and last result; failed and missed runs until "
+                    "retried",
+        aside=rx.hstack(
+            either(failed_count > 0, rx.badge(f"{failed_count} failed", color_scheme="red",
+                                              variant="surface"), rx.fragment()),
+            either(missed_count > 0, rx.badge(f"{missed_count} missed", color_scheme="orange",
+                                              variant="surface"), rx.fragment()),
+            spacing="2"),
         id="cron-dashboard-panel",
     )

@@ -45,7 +45,9 @@ def audit_item(row: AuditRow) -> AuditItem:
         id=row["id"], at=clock_label(row["created_at"]), at_iso=row["created_at"],
         actor=row["actor"], action=row["action"], target_type=row["target_type"],
         target=f"{row['target_type']} #{row['target_id']}",
-        details=json.dumps(details, separators=(",", ":"), ensure_ascii=False, default=str)
+        # keys sorted: the same text whatever order the database keeps them in (JSONB sorts)
+        details=json.dumps(details, separators=(",", ":"), ensure_ascii=False, default=str,
+                           sort_keys=True)
         if details else "—")
 
 

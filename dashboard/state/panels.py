@@ -39,6 +39,9 @@ _PANELS_BY_EVENT: dict[str, frozenset[Panel]] = {
     "delivery.updated": frozenset({Panel.DEAD_LETTERS}),
     "cron.changed": frozenset({Panel.CRON}),
     "agent.heartbeat": frozenset({Panel.HEARTBEATS}),
+    # a zombie's deliveries are handed back (some may reach the DLQ)
+    "agent.zombie": frozenset({Panel.HEARTBEATS, Panel.DEAD_LETTERS}),
+    "scaling.event": frozenset({Panel.HEARTBEATS}),
 }
 
 
@@ -49,6 +52,7 @@ class PanelData(TypedDict, total=False):
     cron_upcoming: list[CronRunItem]
     cron_recent: list[CronRunItem]
     agents: list[AgentItem]
+    scaling_events: list[queries.ScalingEventRow]
     operations: list[OperationItem]
     refreshed_at: str  # ISO time of the load
     errors: dict[str, str]  # panel -> message, for the panels that failed to load
@@ -78,6 +82,7 @@ async def _load_cron(data: PanelData) -> None:
 
 async def _load_heartbeats(data: PanelData) -> None:
     data["agents"] = [agent_item(r) for r in await queries.list_agents()]
+    data["scaling_events"] = await queries.list_scaling_events()
 
 
 async def _load_operations(data: PanelData) -> None:

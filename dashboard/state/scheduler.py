@@ -50,7 +50,7 @@ async def apply_panels(state: rx.State, data: PanelData) -> None:
     if "cron_upcoming" in data and "cron_recent" in data:
         (await state.get_state(CronState))._apply(data["cron_upcoming"], data["cron_recent"])
     if "agents" in data:
-        (await state.get_state(HeartbeatState))._apply(data["agents"])
+        (await state.get_state(HeartbeatState))._apply(data["agents"], data.get("scaling_events"))
     scheduler = await state.get_state(SchedulerState)
     scheduler.refreshed_at = clock_label(data.get("refreshed_at"))
     attempted = set(data.get("attempted", []))

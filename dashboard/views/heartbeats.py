@@ -10,4 +10,4 @@ from dashboard.state.heartbeats import HeartbeatState
 
 def heartbeat_view() -> rx.Component:
     return heartbeat_panel(HeartbeatState.agents, HeartbeatState.alive_count,
-                           HeartbeatState.zombie_count)
+                           HeartbeatState.zombie_count, HeartbeatState.scaling_events)

@@ -65,7 +65,7 @@ async def test_load_shows_every_row_newest_first_with_compact_details(backend):
     retry = state.rows[-1]
     assert retry["actor"] == "alice" and retry["action"] == "dlq.retry"
     assert retry["target"] == "dead_letter #12"
-    assert retry["details"] == '{"original_delivery_id":3,"new_delivery_id":40}'
+    assert retry["details"] == '{"new_delivery_id":40,"original_delivery_id":3}'
     assert json.loads(state.rows[0]["details"]) == {"from": "viewer", "to": "operator"}
     assert state.loaded and state.next_cursor == 0 and state.page_number == 1
 

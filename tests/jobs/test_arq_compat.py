@@ -76,7 +76,8 @@ async def test_cron_job_is_scheduled_by_the_worker(redis):
     from jobs.worker import WorkerSettings
 
     names = {c.name for c in WorkerSettings.cron_jobs}
-    assert names == {"cron:reconcile_deliveries", "cron:record_fleet"}
+    assert names == {"cron:reconcile_deliveries", "cron:zombie_sweep", "cron:scaling_evaluation",
+                     "cron:cron_watch", "cron:retention"}
     for cron_job in WorkerSettings.cron_jobs:
         cron_job.calculate_next(__import__("datetime").datetime.now())
         assert cron_job.next_run is not None

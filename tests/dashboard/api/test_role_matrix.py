@@ -11,19 +11,23 @@ new routes must be classified here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from tortoise.models import Model
 
 from dashboard.api.app import OPENAPI, routes
+from models.agents import Agent
 from models.audit import AuditLog
 from models.bulk import BulkOperation
+from models.cron import CronJob, CronRun
 from models.dead_letters import DeadLetter
 from models.deliveries import Attempt, Delivery, Message
 from models.endpoints import Application, Endpoint
-from models.enums import BulkKind, BulkState
+from models.enums import BulkKind, BulkState, CronRunStatus
 from models.users import User
 from tests.dashboard.api.conftest import auth
 from tests.factories import make_dead_letter, make_endpoint
@@ -34,7 +38,8 @@ MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 URL = "http://127.0.0.1:9/hook"
 #: the tables an action may change (api_token is left out: every call stamps `last_used_at`)
 TABLES: tuple[type[Model], ...] = (Application, Endpoint, Message, Delivery, Attempt,
-                                   DeadLetter, BulkOperation, AuditLog, User)
+                                   DeadLetter, BulkOperation, AuditLog, User, CronJob, CronRun,
+                                   Agent)
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,12 @@ MINIMUM: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/endpoints/{id:int}/rotate-secret"): Rule("admin", "endpoint"),
     ("POST", "/v1/endpoints/{id:int}/enable"): Rule("admin", "disabled_endpoint"),
     ("POST", "/v1/endpoints/{id:int}/disable"): Rule("admin", "endpoint", {"reason": "test"}),
+    ("POST", "/v1/cron/{name}/run"): Rule("operator", "cron_job"),
+    ("POST", "/v1/cron/{name}/pause"): Rule("operator", "cron_job"),
+    ("POST", "/v1/cron/{name}/resume"): Rule("operator", "paused_cron_job"),
+    ("POST", "/v1/cron/runs/{id:int}/retry"): Rule("operator", "failed_cron_run"),
+    ("POST", "/v1/agents/{id}/heartbeat"): Rule("operator", "agent", {"host": "matrix"},
+                                                pending=True),
 }
 
 
@@ -116,6 +127,10 @@ class Seed:
     entry: int
     operation: int
     paused_operation: int
+    cron_job: str
+    paused_cron_job: str
+    failed_cron_run: int
+    agent: str = "external-agent-1"
 
 
 async def seed() -> Seed:
@@ -125,9 +140,14 @@ async def seed() -> Seed:
     running, paused = [await BulkOperation.create(kind=BulkKind.RETRY, actor="seed",
                                                   state=state, scope={}, total=1)
                        for state in (BulkState.RUNNING, BulkState.PAUSED)]
+    job = await CronJob.create(name="matrix_job", expression="0 3 * * *")
+    paused_job = await CronJob.create(name="matrix_paused", expression="0 3 * * *", paused=True)
+    failed = await CronRun.create(job=job, status=CronRunStatus.FAILED, error="boom",
+                                  scheduled_at=datetime.now(UTC) - timedelta(hours=1))
     return Seed(app=endpoint.app_id, endpoint=endpoint.id,  # type: ignore[attr-defined]
                 disabled_endpoint=disabled.id, entry=entry.id, operation=running.id,
-                paused_operation=paused.id)
+                paused_operation=paused.id, cron_job=job.name, paused_cron_job=paused_job.name,
+                failed_cron_run=failed.id)
 
 
 def _fill(value: Any, s: Seed) -> Any:
@@ -143,8 +163,9 @@ def _fill(value: Any, s: Seed) -> Any:
 
 async def snapshot(redis: Any) -> dict[str, Any]:
     """Every row of the tables an action may change, and the Redis keys."""
-    state: dict[str, Any] = {model.__name__: await model.all().order_by("id").values()
-                             for model in TABLES}
+    state: dict[str, Any] = {
+        model.__name__: await model.all().order_by(model._meta.pk_attr).values()
+        for model in TABLES}
     state["redis"] = sorted(await redis.keys("*"))
     return state
 
@@ -161,7 +182,7 @@ async def test_role_matrix(client, tokens, redis, method: str, path: str, role: 
         pytest.skip(f"{method} {path} is not mounted yet")
     monkeypatch.delenv("OBSERVATORY_REQUIRE_REASON", raising=False)
     s = await seed()
-    url = path.replace("{id:int}", str(getattr(s, rule.target))) if rule.target else path
+    url = re.sub(r"\{\w+(:\w+)?\}", str(getattr(s, rule.target)), path) if rule.target else path
     body = _fill(rule.body, s)
     before = await snapshot(redis)
 

@@ -1,0 +1,86 @@
+from tortoise import migrations
+from tortoise.migrations import operations as ops
+from models.enums import CronRunStatus
+from tortoise import fields
+from tortoise.indexes import Index
+from tortoise.migrations.constraints import UniqueConstraint
+
+class Migration(migrations.Migration):
+    dependencies = [('models', '0004_bulk_operations')]
+
+    initial = False
+
+    operations = [
+        ops.AddField(
+            model_name='CronJob',
+            name='checked_until',
+            field=fields.DatetimeField(null=True, description='the missed-tick sweep has accounted for every tick up to here (see jobs.cron_watch)', auto_now=False, auto_now_add=False),
+        ),
+        ops.AddField(
+            model_name='CronJob',
+            name='grace_s',
+            field=fields.FloatField(default=30.0, description='a tick that has not started this long after its time is `missed`'),
+        ),
+        ops.AddField(
+            model_name='CronJob',
+            name='paused_at',
+            field=fields.DatetimeField(null=True, auto_now=False, auto_now_add=False),
+        ),
+        ops.AddField(
+            model_name='CronJob',
+            name='paused_by',
+            field=fields.CharField(null=True, max_length=200),
+        ),
+        ops.AddField(
+            model_name='CronJob',
+            name='timeout_s',
+            field=fields.FloatField(default=300.0, description='a run still `running` this long after it started lost its worker'),
+        ),
+        ops.RemoveIndex(
+            model_name='CronRun',
+            name=None,
+            fields=['job_id', 'scheduled_at'],
+        ),
+        ops.AlterField(
+            model_name='CronRun',
+            name='scheduled_at',
+            field=fields.DatetimeField(description='the tick (whole second, UTC) or, for a manual run or retry, when it was asked for', auto_now=False, auto_now_add=False),
+        ),
+        ops.AlterField(
+            model_name='CronRun',
+            name='status',
+            field=fields.CharEnumField(default=CronRunStatus.PENDING, description='PENDING: pending\nRUNNING: running\nSUCCEEDED: succeeded\nFAILED: failed\nMISSED: missed', enum_type=CronRunStatus, max_length=16),
+        ),
+        ops.AddField(
+            model_name='CronRun',
+            name='actor',
+            field=fields.CharField(null=True, max_length=200),
+        ),
+        ops.AddField(
+            model_name='CronRun',
+            name='arq_job_id',
+            field=fields.CharField(null=True, max_length=200),
+        ),
+        ops.AddField(
+            model_name='CronRun',
+            name='drift_ms',
+            field=fields.FloatField(null=True),
+        ),
+        ops.AddField(
+            model_name='CronRun',
+            name='trigger',
+            field=fields.CharField(default='schedule', max_length=16),
+        ),
+        ops.AddIndex(
+            model_name='CronRun',
+            index=Index(fields=['status', 'scheduled_at']),
+        ),
+        ops.AddConstraint(
+            model_name='CronRun',
+            constraint=UniqueConstraint(fields=('job', 'scheduled_at'), name=None),
+        ),
+        ops.AddConstraint(
+            model_name='CronRun',
+            constraint=UniqueConstraint(fields=('retry_of',), name=None),
+        ),
+    ]

@@ -1,0 +1,85 @@
+"""The Cron Job Dashboard in a real browser: every run state shows with its class, and a failed
+run retried from the page runs on the stack's worker and appears succeeded, pushed live."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import UTC, datetime, timedelta
+
+from playwright.async_api import expect
+
+from jobs.cron import register_cron_jobs
+from models.cron import CronRun
+from models.enums import CronRunStatus
+from tests.e2e.conftest import ARTIFACTS
+from tests.e2e.test_scheduler import sign_in
+
+
+def _cls(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(^|\s){name}(\s|$)")
+
+
+async def _retry_of(run_id: int, timeout_s: float = 30.0) -> CronRun:
+    """The retry of `run_id` once a worker has finished it."""
+    for _ in range(int(timeout_s * 10)):
+        retry = await CronRun.get_or_none(retry_of_id=run_id)
+        if retry is not None and retry.status in (CronRunStatus.SUCCEEDED, CronRunStatus.FAILED):
+            return retry
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the retry of cron run {run_id} did not finish in {timeout_s}s")
+
+
+async def test_cron_states_show_and_a_failed_run_is_retried_from_the_page(db, redis, stack,
+                                                                         browser):
+    await register_cron_jobs()
+    now = datetime.now(UTC).replace(microsecond=0)
+    # the daily retention job carries the long-lived states: the every-minute ones keep ticking
+    done = await CronRun.create(job_id="retention", scheduled_at=now - timedelta(days=1),
+                                status="succeeded", started_at=now - timedelta(days=1),
+                                finished_at=now - timedelta(days=1), duration_ms=12)
+    running = await CronRun.create(job_id="retention", scheduled_at=now - timedelta(seconds=20),
+                                   status="running", started_at=now - timedelta(seconds=17),
+                                   drift_ms=3000)
+    missed = await CronRun.create(job_id="scaling_evaluation",
+                                  scheduled_at=now - timedelta(minutes=30), status="missed",
+                                  error="no worker alive at the tick")
+    failed = await CronRun.create(job_id="reconcile_deliveries",
+                                  scheduled_at=now - timedelta(minutes=20), status="failed",
+                                  started_at=now - timedelta(minutes=20), duration_ms=40,
+                                  error="RuntimeError: database is locked")
+
+    page = await browser.new_page(viewport={"width": 1500, "height": 1200})
+    await sign_in(page, stack)
+    panel = page.locator("#cron-dashboard-panel")
+    await expect(panel).to_be_visible(timeout=60_000)
+    for run, status in ((done, "succeeded"), (running, "running"), (missed, "missed"),
+                        (failed, "failed")):
+        row = page.locator(f"#cron-run-{run.id}")
+        await expect(row).to_have_class(_cls(f"cron-status-{status}"), timeout=10_000)
+    await expect(page.locator("#cron-run-" + str(missed.id))).to_contain_text(
+        "no worker alive at the tick")
+    await expect(page.locator(f"#cron-run-{running.id} .cron-drift")).to_have_text("+3.0 s")
+    await expect(page.locator("#cron-job-reconcile_deliveries")).to_have_class(
+        _cls("cron-status-pending"))
+    await expect(page.get_by_role("button", name=f"Retry cron run {done.id}")).to_have_count(0)
+    await page.evaluate("window.__observatoryMarker = 'same page'")
+    await page.screenshot(path=str(ARTIFACTS / "cron-panel.png"), full_page=True)
+
+    await page.get_by_role("button", name=f"Retry cron run {failed.id}").click()
+    retry = await _retry_of(failed.id)
+    assert retry.status == CronRunStatus.SUCCEEDED and retry.actor == "e2e-operator"
+    await expect(page.locator(f"#cron-run-{retry.id}")).to_have_class(
+        _cls("cron-status-succeeded"), timeout=10_000)  # pushed, not reloaded
+    # the failed run is kept, without its Retry button now that it was retried
+    await expect(page.locator(f"#cron-run-{failed.id}")).to_have_class(_cls("cron-status-failed"))
+    await expect(page.get_by_role("button", name=f"Retry cron run {failed.id}")).to_have_count(0)
+    assert await page.evaluate("window.__observatoryMarker") == "same page"
+    await page.screenshot(path=str(ARTIFACTS / "cron-panel-retried.png"), full_page=True)
+
+    await page.get_by_role("button", name="Pause scaling_evaluation").click()
+    await expect(page.locator("#cron-job-scaling_evaluation")).to_have_class(
+        _cls("cron-status-paused"), timeout=10_000)
+    await page.get_by_role("button", name="Resume scaling_evaluation").click()
+    await expect(page.locator("#cron-job-scaling_evaluation")).to_have_class(
+        _cls("cron-status-pending"), timeout=10_000)
