@@ -218,6 +218,9 @@ async def run(args: argparse.Namespace, base_url: str) -> None:
         print(f"engine / same-transport raw loop (target >= 0.8): {engine / same:.2f}")
         print(f"engine / httpx-over-aiohttp loop: {engine / httpx_loop:.2f}")
         print(f"engine / plain aiohttp loop: {engine / plain:.2f}")
+    from models.db import close_db
+
+    await close_db()  # aiosqlite's thread would otherwise keep the process alive
 
 
 def main() -> None:
