@@ -15,6 +15,7 @@ from typing import Any, TypedDict
 import reflex as rx
 
 from dashboard import runtime
+from dashboard.state.paging import CursorPager
 from dashboard.state.rows import clock_label
 from dashboard.state.session import signed_in
 from models.queries import AuditRow, audit_page
@@ -65,21 +66,14 @@ def query_of(form: Mapping[str, str]) -> dict[str, str | None]:
     return {name: (str(form.get(name, "")).strip() or None) for name in FILTER_LIMITS}
 
 
-class AuditState(rx.State):
+class AuditState(CursorPager, rx.State):
     """The /audit page: filters as typed and as applied, the page shown and its cursors."""
 
     form: dict[str, str] = EMPTY_FORM
     applied: dict[str, str] = EMPTY_FORM
     errors: dict[str, str] = EMPTY_FORM
     rows: list[AuditItem] = []
-    cursor: int = 0  # 0: the first page
-    next_cursor: int = 0  # 0: no next page
-    previous: list[int] = []  # cursors of the pages before this one (Previous pops one)
     loaded: bool = False
-
-    @rx.var
-    def page_number(self) -> int:
-        return len(self.previous) + 1
 
     @rx.var
     def filtered(self) -> bool:
@@ -140,17 +134,3 @@ class AuditState(rx.State):
             self.form = {**self.form, name: value}
             await self.apply()
 
-    @rx.event
-    async def next_page(self) -> None:
-        if not self.next_cursor or not await signed_in(self):
-            return
-        self.previous = [*self.previous, self.cursor]
-        self.cursor = self.next_cursor
-        await self._read()
-
-    @rx.event
-    async def previous_page(self) -> None:
-        if not self.previous or not await signed_in(self):
-            return
-        self.cursor, self.previous = self.previous[-1], self.previous[:-1]
-        await self._read()

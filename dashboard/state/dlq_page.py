@@ -22,6 +22,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from dashboard import runtime
 from dashboard.state.bulk import BulkRetryState, load_operations
+from dashboard.state.paging import CursorPager
 from dashboard.state.rows import DeadLetterItem, clock_label, dead_letter_item, duration_label, humanize
 from dashboard.state.scheduler import SchedulerState
 from dashboard.state.session import current_actor, signed_in
@@ -275,7 +276,7 @@ def detail_fields(detail: DeadLetterDetail) -> dict[str, str]:
     }
 
 
-class DlqPageState(rx.State):
+class DlqPageState(CursorPager, rx.State):
     """The /dlq page. Reads need a sign-in; retry and archive an operator; delete an admin."""
 
     # filters: as typed, and the values of the page shown (paging and Retry All use those)
@@ -283,12 +284,8 @@ class DlqPageState(rx.State):
     applied: dict[str, str] = DEFAULT_FORM
     filter_errors: dict[str, str] = no_filter_errors()
     scope: dict[str, Any] = {}  # the applied filter as a Retry All scope
-    # the page: its rows, its cursor (0: the first page), the next one (0: none), and the
-    # cursors of the pages before it (Previous pops one)
+    # the page's rows (its cursors: CursorPager)
     rows: list[DeadLetterItem] = []
-    cursor: int = 0
-    next_cursor: int = 0
-    previous: list[int] = []
     loaded: bool = False
     # totals of the applied filter by status (whatever status is chosen), from stats()
     by_status: dict[str, int] = dict.fromkeys([s.value for s in DeadLetterStatus], 0)
@@ -313,10 +310,6 @@ class DlqPageState(rx.State):
     sandbox_id: int = 0
     sandbox_form: dict[str, str] = dict.fromkeys(SANDBOX_FIELDS, "")
     sandbox_errors: dict[str, str] = no_sandbox_errors()
-
-    @rx.var
-    def page_number(self) -> int:
-        return len(self.previous) + 1
 
     @rx.var
     def has_filter_errors(self) -> bool:
@@ -384,20 +377,6 @@ class DlqPageState(rx.State):
         self.form = dict(DEFAULT_FORM)
         await self.apply()
 
-    @rx.event
-    async def next_page(self) -> None:
-        if not self.next_cursor or not await signed_in(self):
-            return
-        self.previous = [*self.previous, self.cursor]
-        self.cursor = self.next_cursor
-        await self._read()
-
-    @rx.event
-    async def previous_page(self) -> None:
-        if not self.previous or not await signed_in(self):
-            return
-        self.cursor, self.previous = self.previous[-1], self.previous[:-1]
-        await self._read()
 
     # -- detail ------------------------------------------------------------------------------
 
