@@ -33,7 +33,14 @@ class AttemptResult:
 
 def webhook_body(message: Any, payload_changes: dict[str, Any] | None = None) -> bytes:
     """The JSON body receivers get: type, timestamp and the producer's payload as `data`
-    (with `payload_changes` replacing fields of it: a sandbox retry's payload overrides)."""
+    (with `payload_changes` replacing fields of it: a sandbox retry's payload overrides).
+
+    A message claimed by the fast lane (models.delivery_batches.ClaimedMessage) keeps its
+    payload as the stored JSON text: it goes into the body as it is, not parsed and re-encoded.
+    """
+    if not payload_changes and (raw := getattr(message, "payload_json", None)) is not None:
+        return (f'{{"type":{json.dumps(message.event_type)},"timestamp":'
+                f'"{message.created_at.astimezone(UTC).isoformat()}","data":{raw}}}').encode()
     data = message.payload
     if payload_changes:
         data = {**data, **payload_changes} if isinstance(data, dict) else payload_changes

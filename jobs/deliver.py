@@ -10,14 +10,12 @@ healthy deliveries hostage) and each records itself when done.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tortoise.expressions import F
 
 from jobs.attempt import (ATTEMPT_DEADLINE_S, AttemptResult, DirectPoster, no_attempt, post_once,
                           webhook_body)
@@ -30,6 +28,7 @@ from jobs.metrics import DeliveryMetrics
 from jobs.signing import signing_secrets, signature_headers
 from jobs.tracing import attempt_span
 from models.deliveries import Delivery
+from models.delivery_batches import ClaimedDelivery, claim_deliveries
 from models.endpoints import Endpoint
 from models.enums import DeliveryStatus
 
@@ -40,29 +39,23 @@ IDLE_DETACH_S = 0.25  # ...or until none finished for this long, then detaches t
 STRAGGLER_FLUSH_S = 0.05  # detached attempts finishing within this window are recorded together
 DEFAULT_MAX_IN_FLIGHT = 16  # per endpoint and worker process, unless the endpoint says
 STALE_RUNNING_S = ATTEMPT_DEADLINE_S + 90  # past arq's job_timeout + in-progress key expiry
-_CLAIMABLE = [DeliveryStatus.QUEUED, DeliveryStatus.RETRYING]
 
 
-async def claim(delivery_ids: list[int], agent_id: str | None = None) -> list[Delivery]:
-    """Take the deliveries that are still waiting, atomically (one UPDATE), and load them.
+async def claim(delivery_ids: list[int], agent_id: str | None = None) -> list[ClaimedDelivery]:
+    """Take the deliveries that are still waiting, atomically (one UPDATE), with their
+    messages and endpoints.
 
     `agent_id` (the worker's, see jobs.heartbeats) is stored so that the zombie sweep can hand
     back what a dead worker held (jobs.fleet.sweep_zombies).
     """
-    token = str(uuid.uuid4())
-    taken = await Delivery.filter(id__in=delivery_ids, status__in=_CLAIMABLE).update(
-        status=DeliveryStatus.RUNNING, attempts=F("attempts") + 1, claim_token=token,
-        claimed_by=agent_id, updated_at=datetime.now(UTC))
-    if not taken:
-        return []
-    deliveries = await Delivery.filter(claim_token=token, status=DeliveryStatus.RUNNING
-                                       ).select_related("message")
+    deliveries = await claim_deliveries(delivery_ids, str(uuid.uuid4()), agent_id,
+                                        datetime.now(UTC))
     # a batch usually targets a few endpoints: load each once and share it (building one
     # Endpoint per delivery was a tenth of the worker's time under load)
-    ids = {d.endpoint_id for d in deliveries} - {None}  # type: ignore[attr-defined]
+    ids = {d.endpoint_id for d in deliveries} - {None}
     endpoints = {e.id: e for e in await Endpoint.filter(id__in=ids)} if ids else {}
     for delivery in deliveries:
-        delivery.endpoint = endpoints.get(delivery.endpoint_id)  # type: ignore[attr-defined]
+        delivery.endpoint = endpoints.get(delivery.endpoint_id)
     return deliveries
 
 
@@ -171,17 +164,36 @@ async def run_claimed(ctx: dict[str, Any], deliveries: list[Delivery],
 
 async def _wait_for_most(pending: set[asyncio.Task[Finished]], limit_s: float | None
                          ) -> tuple[set[asyncio.Task[Finished]], set[asyncio.Task[Finished]]]:
+    """Wait until all are done, none finished for `IDLE_DETACH_S`, or `limit_s` passed.
+
+    One done-callback per task, not one `asyncio.wait(FIRST_COMPLETED)` per completion (that
+    re-registers callbacks on every pending task each time: quadratic in the batch size).
+    """
     if limit_s is None:
         return await asyncio.wait(pending)
-    done: set[asyncio.Task[Finished]] = set()
-    deadline = time.monotonic() + limit_s
-    while pending and (left := deadline - time.monotonic()) > 0:
-        finished, pending = await asyncio.wait(pending, timeout=min(IDLE_DETACH_S, left),
-                                               return_when=asyncio.FIRST_COMPLETED)
-        if not finished:
-            break
-        done |= finished
-    return done, pending
+    loop = asyncio.get_running_loop()
+    pending, done = set(pending), set()
+    all_done = loop.create_future()
+    last_finish = loop.time()
+
+    def finished(task: asyncio.Task[Finished]) -> None:
+        nonlocal last_finish
+        pending.discard(task)
+        done.add(task)
+        last_finish = loop.time()
+        if not pending and not all_done.done():
+            all_done.set_result(None)
+
+    for task in pending:
+        task.add_done_callback(finished)
+    deadline = loop.time() + limit_s
+    try:
+        while pending and (left := min(last_finish + IDLE_DETACH_S, deadline) - loop.time()) > 0:
+            await asyncio.wait([all_done], timeout=left)
+    finally:
+        for task in pending:
+            task.remove_done_callback(finished)
+    return set(done), set(pending)
 
 
 def _finished(task: asyncio.Task[Finished], delivery: Delivery) -> Finished:

@@ -22,6 +22,7 @@ from jobs.queue import enqueue_delivery
 from jobs.tracing import NOOP_SPAN, NoopAttemptSpan
 from models.dead_letters import DeadLetter
 from models.deliveries import Attempt, Delivery
+from models.delivery_batches import insert_attempts, mark_succeeded
 from models.endpoints import Endpoint
 from models.enums import DeadLetterStatus, DeliveryStatus
 
@@ -50,16 +51,17 @@ def _duration_s(f: Finished) -> float | None:
     return f.result.duration_ms / 1000 if f.attempted and f.result.duration_ms > 0 else None
 
 
-def _log_attempt(ctx: dict[str, Any], f: Finished, status: DeliveryStatus,
-                 delay_s: float | None = None) -> None:
+def _attempt_line(ctx: dict[str, Any], f: Finished, status: DeliveryStatus,
+                  delay_s: float | None = None) -> str:
+    """The JSON log line of one attempt (a batch's lines are written in one call)."""
     delivery, result = f.delivery, f.result
-    log.info(json.dumps({
+    return json.dumps({
         "event": "attempt", "job_id": ctx.get("job_id"), "delivery_id": delivery.id,
         "endpoint_id": delivery.endpoint.id if delivery.endpoint else None,
         "attempt": delivery.attempts, "status": result.status_code,
         "outcome": result.outcome.kind, "error": result.outcome.reason,
         "duration_ms": round(result.duration_ms, 1), "delivery_status": status.value,
-        "delay_ms": round(delay_s * 1000) if delay_s is not None else None}))
+        "delay_ms": round(delay_s * 1000) if delay_s is not None else None})
 
 
 def _retry_metadata(delivery: Delivery) -> dict[str, Any]:
@@ -83,13 +85,12 @@ async def record_outcomes(ctx: dict[str, Any], finished: list[Finished]) -> dict
     if not finished:
         return {}
     now = datetime.now(UTC)
-    await Attempt.bulk_create([
-        Attempt(delivery_id=f.delivery.id, number=f.delivery.attempts,
-                started_at=f.result.started_at, duration_ms=f.result.duration_ms,
-                status_code=f.result.status_code, outcome=f.result.outcome.kind,
-                error_class=f.result.outcome.reason, error_message=f.result.error_message,
-                response_excerpt=f.result.excerpt)
+    await insert_attempts([
+        (f.delivery.id, f.delivery.attempts, f.result.started_at, f.result.duration_ms,
+         f.result.status_code, f.result.outcome.kind, f.result.outcome.reason,
+         f.result.error_message, f.result.excerpt)
         for f in finished if f.attempted])
+    lines: list[str] = []  # the JSON log line of each attempt, written together
     events: list[dict[str, Any]] = []
     counts: dict[str, int] = defaultdict(int)
     succeeded = [f for f in finished if f.result.outcome.ok]
@@ -97,9 +98,7 @@ async def record_outcomes(ctx: dict[str, Any], finished: list[Finished]) -> dict
     for f in succeeded:
         by_code[f.result.status_code].append(f.delivery.id)
     for code, ids in by_code.items():  # usually one statement: every receiver said 200
-        await Delivery.filter(id__in=ids).update(
-            status=DeliveryStatus.SUCCEEDED, finished_at=now, last_error=None, updated_at=now,
-            last_status_code=code)
+        await mark_succeeded(ids, code, now)
     if succeeded:
         if resolved := [i for f in succeeded if (i := _dlq_id(f.delivery))]:
             await DeadLetter.filter(id__in=resolved, status=DeadLetterStatus.RETRYING).update(
@@ -110,17 +109,19 @@ async def record_outcomes(ctx: dict[str, Any], finished: list[Finished]) -> dict
     for f in succeeded:
         if metrics is not None:
             metrics.record("succeeded", None, _duration_s(f))
-        _log_attempt(ctx, f, DeliveryStatus.SUCCEEDED)
+        lines.append(_attempt_line(ctx, f, DeliveryStatus.SUCCEEDED))
     updates = [{"type": "delivery.updated", "id": f.delivery.id, "status": "succeeded"}
                for f in succeeded]
     for f in finished:
         if f.result.outcome.ok:
             continue
-        status, entry_id = await _record_failure(ctx, f, now)
+        status, entry_id = await _record_failure(ctx, f, now, lines)
         counts[status.value] += 1
         updates.append({"type": "delivery.updated", "id": f.delivery.id, "status": status.value})
         if entry_id:
             events.append({"type": "dlq.changed", "id": entry_id, "status": "active"})
+    if lines:
+        log.info("\n".join(lines))
     await _update_health(finished, now)
     if progress := _bulk_progress(finished):  # deliveries of bulk operations: once per batch
         events += await bulk.record_progress(ctx["redis"], *progress)
@@ -148,8 +149,8 @@ def _bulk_progress(finished: list[Finished]) -> tuple[dict[int, tuple[int, int]]
     return {k: (v[0], v[1]) for k, v in counts.items()}, dict(holds)
 
 
-async def _record_failure(ctx: dict[str, Any], f: Finished,
-                          now: datetime) -> tuple[DeliveryStatus, int | None]:
+async def _record_failure(ctx: dict[str, Any], f: Finished, now: datetime,
+                          lines: list[str]) -> tuple[DeliveryStatus, int | None]:
     delivery, result = f.delivery, f.result
     endpoint: Endpoint | None = delivery.endpoint
     policy = policy_for(endpoint.retry_config) if endpoint else None
@@ -161,7 +162,7 @@ async def _record_failure(ctx: dict[str, Any], f: Finished,
             last_error=result.error_message or result.outcome.reason, updated_at=now)
         if (metrics := ctx.get("metrics")) is not None:
             metrics.record("failed", result.outcome.reason, _duration_s(f))
-        _log_attempt(ctx, f, DeliveryStatus.FAILED)
+        lines.append(_attempt_line(ctx, f, DeliveryStatus.FAILED))
         return DeliveryStatus.FAILED, None
     # a bulk retry gets one attempt (its operation's progress must end); others follow the policy
     if (result.outcome.kind == "retryable" and policy and number < policy.max_attempts
@@ -177,7 +178,7 @@ async def _record_failure(ctx: dict[str, Any], f: Finished,
         if (metrics := ctx.get("metrics")) is not None:
             metrics.record("retrying", result.outcome.reason, _duration_s(f))
             metrics.record_retry()
-        _log_attempt(ctx, f, DeliveryStatus.RETRYING, delay)
+        lines.append(_attempt_line(ctx, f, DeliveryStatus.RETRYING, delay))
         return DeliveryStatus.RETRYING, None
     reason = result.outcome.reason or "failed"
     if result.outcome.kind == "retryable" and bulk_op is None:
@@ -185,7 +186,7 @@ async def _record_failure(ctx: dict[str, Any], f: Finished,
     entry_id = await dead_letter(delivery, endpoint, result, policy, reason, _dlq_id(delivery))
     if (metrics := ctx.get("metrics")) is not None:
         metrics.record("failed", reason, _duration_s(f))
-    _log_attempt(ctx, f, DeliveryStatus.FAILED)
+    lines.append(_attempt_line(ctx, f, DeliveryStatus.FAILED))
     return DeliveryStatus.FAILED, entry_id
 
 

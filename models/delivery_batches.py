@@ -1,0 +1,146 @@
+"""Set-based SQL of the fast lane: claim a batch of deliveries, record a batch of attempts.
+
+The hot path of the engine runs these once per batch of deliveries. They bypass the ORM's
+model building (measured here, building and loading tortoise models was a third of a worker's
+time under load) but write exactly the rows and values the models describe, on SQLite and on
+PostgreSQL. Rows come back as small plain objects (`ClaimedDelivery`, `ClaimedMessage`) with the
+attribute names of `Delivery` and `Message`, so the rest of the engine treats both alike.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from tortoise import connections
+from tortoise.backends.base.client import BaseDBAsyncClient
+
+from models.enums import DeliveryStatus
+
+
+@dataclass(slots=True)
+class ClaimedMessage:
+    """The message a claimed delivery carries: its payload kept as the stored JSON text."""
+
+    id: int
+    event_type: str
+    payload_json: str
+    created_at: datetime
+
+    @property
+    def payload(self) -> Any:
+        return json.loads(self.payload_json)
+
+
+@dataclass(slots=True)
+class ClaimedDelivery:
+    """A delivery taken by one batch (status `running`, `attempts` already counting this try)."""
+
+    id: int
+    attempts: int
+    message: ClaimedMessage
+    endpoint_id: int | None
+    bulk_operation_id: int | None
+    metadata: dict[str, Any]
+    endpoint: Any = field(default=None)  # models.endpoints.Endpoint, shared by the batch
+
+
+#: one attempt row, in `_ATTEMPT_COLUMNS` order
+AttemptRow = tuple[int, int, datetime, float, "int | None", str, "str | None", "str | None",
+                   "str | None"]
+_ATTEMPT_COLUMNS = ("delivery_id", "number", "started_at", "duration_ms", "status_code",
+                    "outcome", "error_class", "error_message", "response_excerpt")
+
+
+def _db() -> BaseDBAsyncClient:
+    return connections.get("default")
+
+
+def _postgres(db: BaseDBAsyncClient) -> bool:
+    return db.capabilities.dialect == "postgres"
+
+
+def _marks(db: BaseDBAsyncClient, count: int, first: int = 1) -> list[str]:
+    """`count` numbered bind parameters from position `first`: `$n` on PostgreSQL, `?n` on
+    SQLite (so one value may be used twice in a statement)."""
+    sign = "$" if _postgres(db) else "?"
+    return [f"{sign}{i}" for i in range(first, first + count)]
+
+
+def _ids_clause(db: BaseDBAsyncClient, ids: Sequence[int], first: int) -> tuple[str, list[Any]]:
+    """`= ANY($n)` with one array parameter on PostgreSQL; `IN (?, ...)` on SQLite."""
+    if _postgres(db):
+        return f"= ANY(${first}::int[])", [list(ids)]
+    return f"IN ({', '.join(_marks(db, len(ids), first))})", list(ids)
+
+
+def _as_datetime(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def _as_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return {} if value == "{}" else json.loads(value)
+    return value if value is not None else {}
+
+
+async def claim_deliveries(ids: Sequence[int], token: str, agent_id: str | None,
+                           now: datetime) -> list[ClaimedDelivery]:
+    """Take those of `ids` still waiting (`queued`/`retrying`) in one compare-and-set UPDATE,
+    counting the try, and return them with their messages (endpoints are left to the caller).
+
+    A delivery handed to two batches is taken by exactly one of them.
+    """
+    db = _db()
+    head = _marks(db, 6)
+    where, id_values = _ids_clause(db, ids, 7)
+    rows = await db.execute_query_dict(
+        f"UPDATE delivery SET status = {head[0]}, attempts = attempts + 1, claim_token = {head[1]},"
+        f" claimed_by = {head[2]}, updated_at = {head[3]}"
+        f" WHERE status IN ({head[4]}, {head[5]}) AND id {where}"
+        " RETURNING id, message_id, endpoint_id, attempts, metadata, bulk_operation_id",
+        [DeliveryStatus.RUNNING.value, token, agent_id, now, DeliveryStatus.QUEUED.value,
+         DeliveryStatus.RETRYING.value, *id_values])
+    if not rows:
+        return []
+    messages = await _messages(db, {r["message_id"] for r in rows})
+    claimed = [ClaimedDelivery(
+        id=r["id"], attempts=r["attempts"], message=messages[r["message_id"]],
+        endpoint_id=r["endpoint_id"], bulk_operation_id=r["bulk_operation_id"],
+        metadata=_as_json(r["metadata"])) for r in rows]
+    claimed.sort(key=lambda d: d.id)
+    return claimed
+
+
+async def _messages(db: BaseDBAsyncClient, ids: set[int]) -> dict[int, ClaimedMessage]:
+    where, values = _ids_clause(db, sorted(ids), 1)
+    payload = "payload::text" if _postgres(db) else "payload"
+    rows = await db.execute_query_dict(
+        f"SELECT id, event_type, {payload} AS payload, created_at FROM message WHERE id {where}",
+        values)
+    return {r["id"]: ClaimedMessage(r["id"], r["event_type"], r["payload"],
+                                    _as_datetime(r["created_at"])) for r in rows}
+
+
+async def insert_attempts(rows: Sequence[AttemptRow]) -> None:
+    """Write a batch of Attempt rows in one round trip."""
+    if not rows:
+        return
+    db = _db()
+    marks = ", ".join(_marks(db, len(_ATTEMPT_COLUMNS)))
+    await db.execute_many(
+        f"INSERT INTO attempt ({', '.join(_ATTEMPT_COLUMNS)}) VALUES ({marks})", list(rows))
+
+
+async def mark_succeeded(ids: Sequence[int], status_code: int | None, now: datetime) -> None:
+    """Deliveries whose attempt succeeded (all with the same status code): `succeeded`."""
+    db = _db()
+    head = _marks(db, 3)
+    where, id_values = _ids_clause(db, ids, 4)
+    await db.execute_query(
+        f"UPDATE delivery SET status = {head[0]}, finished_at = {head[1]}, updated_at = {head[1]},"
+        f" last_error = NULL, last_status_code = {head[2]} WHERE id {where}",
+        [DeliveryStatus.SUCCEEDED.value, now, status_code, *id_values])
