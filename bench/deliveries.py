@@ -38,7 +38,8 @@ def _env(args: argparse.Namespace, tmp: Path, redis_url: str) -> dict[str, str]:
             "OBSERVATORY_DESTINATION_ALLOWLIST": "127.0.0.0/8"}
 
 
-async def _raw_loop(n: int, url: str, make_post) -> float:
+async def _raw_loop(n: int, url: str, make_post) -> tuple[float, float]:
+    """Deliveries/s, and this process's CPU time per delivery (µs)."""
     body = json.dumps(PAYLOAD).encode()
     sem = asyncio.Semaphore(CONCURRENCY)
 
@@ -47,9 +48,9 @@ async def _raw_loop(n: int, url: str, make_post) -> float:
             await post(url, body)
 
     async with make_post() as post:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         await asyncio.gather(*(one(post) for _ in range(n)))
-        return n / (time.perf_counter() - t0)
+        return n / (time.perf_counter() - t0), (time.process_time() - cpu0) / n * 1e6
 
 
 class _Engine:
@@ -127,12 +128,26 @@ async def _publish(app_id: int, n: int) -> float:
     return rate
 
 
-async def _wait_done(total: int, workers: list[subprocess.Popen[bytes]]) -> int:
+def _cpu_s(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+async def _wait_done(total: int, workers: list[subprocess.Popen[bytes]]) -> tuple[int, float]:
+    """Peak RSS of the workers, and their CPU time (user + system) per delivery in µs, counted
+    from the first finished delivery (start-up excluded) to the last."""
     from models.deliveries import Delivery
     from models.enums import DeliveryStatus
 
     procs = [psutil.Process(w.pid) for w in workers]
     peak = 0
+    first: tuple[int, float] | None = None
     while True:
         for proc in procs:
             try:
@@ -141,9 +156,14 @@ async def _wait_done(total: int, workers: list[subprocess.Popen[bytes]]) -> int:
                 pass
         done = await Delivery.filter(status__in=[DeliveryStatus.SUCCEEDED,
                                                  DeliveryStatus.FAILED]).count()
+        if first is None and done:
+            first = (done, _cpu_s(procs))
         if done >= total:
-            return peak
-        await asyncio.sleep(0.25)
+            assert first is not None
+            if done == first[0]:
+                return peak, float("nan")
+            return peak, (_cpu_s(procs) - first[1]) / (done - first[0]) * 1e6
+        await asyncio.sleep(0.1)
 
 
 async def _rate(endpoint_ids: list[int] | None = None) -> float:
@@ -191,7 +211,7 @@ async def run(args: argparse.Namespace, base_url: str) -> None:
     workers = _start_workers(args.workers, os.environ.copy())
     try:
         slow = args.isolation and not args.all_healthy
-        peak = await _wait_done(total - args.n if slow else total, workers)
+        peak, cpu_us = await _wait_done(total - args.n if slow else total, workers)
     finally:
         for worker in workers:
             worker.terminate()
@@ -208,11 +228,14 @@ async def run(args: argparse.Namespace, base_url: str) -> None:
     print(f"engine end-to-end, {args.workers} worker(s), {len(healthy)} healthy endpoint(s): "
           f"{engine:,.0f} deliveries/s")
     print(f"worker peak RSS: {peak / 2**20:,.0f} MB")
+    # CPU per delivery hardly depends on what else the machine runs (throughput does)
+    print(f"worker CPU per delivery: {cpu_us:,.0f} µs")
     if not args.isolation:
-        same = await _raw_loop(args.n, urls[0], _Poster)
-        httpx_loop = await _raw_loop(args.n, urls[0], _Engine)
-        plain = await _raw_loop(args.n, urls[0], _Aiohttp)
-        print(f"raw loop, engine's hot-path client (guarded aiohttp session): {same:,.0f} deliveries/s")
+        same, same_cpu = await _raw_loop(args.n, urls[0], _Poster)
+        httpx_loop, _ = await _raw_loop(args.n, urls[0], _Engine)
+        plain, _ = await _raw_loop(args.n, urls[0], _Aiohttp)
+        print(f"raw loop, engine's hot-path client (guarded aiohttp session): {same:,.0f} deliveries/s,"
+              f" {same_cpu:,.0f} µs CPU per delivery")
         print(f"raw loop, httpx over aiohttp (the engine's general client): {httpx_loop:,.0f} deliveries/s")
         print(f"raw loop, plain aiohttp: {plain:,.0f} deliveries/s")
         print(f"engine / same-transport raw loop (target >= 0.8): {engine / same:.2f}")

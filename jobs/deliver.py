@@ -256,16 +256,18 @@ async def deliver_batch(ctx: dict[str, Any], delivery_ids: list[int],
                         operation_id: int | None = None) -> dict[str, int]:
     """arq job (fast lane): first attempts of up to a batch of deliveries.
 
-    A batch of a bulk operation (`operation_id`, on the bulk lane) first reads the operation's
-    cancel flag, once: a cancelled operation's deliveries are marked `cancelled`, not started.
+    A batch of a bulk operation (`operation_id`, on the bulk lane) reads the operation's cancel
+    flag once, right after its claim: a cancel that landed before that moment stops the whole
+    batch (its deliveries are handed back and marked `cancelled`, their entries `active`);
+    one that lands later finds them in flight.
     """
-    if operation_id is not None and (
-            cancelled := await bulk.cancel_queued(ctx["redis"], operation_id, delivery_ids)
-    ) is not None:
-        return {"claimed": 0, "cancelled": cancelled}
     deliveries = await claim(delivery_ids, ctx.get("agent_id"))
     if not deliveries:
         return {"claimed": 0}
+    if operation_id is not None and await bulk.is_cancelling(ctx["redis"], operation_id):
+        await asyncio.gather(*(release_claim(d.id) for d in deliveries))
+        cancelled = await bulk.cancel_queued(ctx["redis"], operation_id, delivery_ids)
+        return {"claimed": 0, "cancelled": cancelled or 0}
     return {"claimed": len(deliveries), **await run_claimed(ctx, deliveries)}
 
 

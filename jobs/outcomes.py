@@ -110,14 +110,15 @@ async def record_outcomes(ctx: dict[str, Any], finished: list[Finished]) -> dict
         if metrics is not None:
             metrics.record("succeeded", None, _duration_s(f))
         lines.append(_attempt_line(ctx, f, DeliveryStatus.SUCCEEDED))
-    updates = [{"type": "delivery.updated", "id": f.delivery.id, "status": "succeeded"}
-               for f in succeeded]
+    changed: dict[str, list[int]] = defaultdict(list)  # one event per resulting status
+    if succeeded:
+        changed["succeeded"] = [f.delivery.id for f in succeeded]
     for f in finished:
         if f.result.outcome.ok:
             continue
         status, entry_id = await _record_failure(ctx, f, now, lines)
         counts[status.value] += 1
-        updates.append({"type": "delivery.updated", "id": f.delivery.id, "status": status.value})
+        changed[status.value].append(f.delivery.id)
         if entry_id:
             events.append({"type": "dlq.changed", "id": entry_id, "status": "active"})
     if lines:
@@ -125,7 +126,8 @@ async def record_outcomes(ctx: dict[str, Any], finished: list[Finished]) -> dict
     await _update_health(finished, now)
     if progress := _bulk_progress(finished):  # deliveries of bulk operations: once per batch
         events += await bulk.record_progress(ctx["redis"], *progress)
-    events = updates + events
+    events = [{"type": "delivery.updated", "status": status, "ids": ids}
+              for status, ids in changed.items()] + events
     await publish_events(ctx["redis"], events)
     for f in finished:
         f.span.end()
@@ -245,8 +247,12 @@ async def _update_health(finished: list[Finished], now: datetime) -> None:
             gone.add(endpoint.id)
         elif f.result.outcome.reason not in _NOT_ENDPOINT_FAULTS:
             failing[endpoint.id] += 1
-    if healthy:
-        await Endpoint.filter(id__in=healthy, consecutive_failures__gt=0).update(
+    # only endpoints that were failing when the batch loaded them need healing (a failure
+    # recorded since by another batch is healed by the next success): no statement otherwise
+    loaded = {f.delivery.endpoint.id: f.delivery.endpoint for f in finished
+              if f.delivery.endpoint is not None}
+    if heal := [i for i in healthy if loaded[i].consecutive_failures or loaded[i].failing_since]:
+        await Endpoint.filter(id__in=heal, consecutive_failures__gt=0).update(
             consecutive_failures=0, failing_since=None)
     for endpoint_id, n in failing.items():
         if endpoint_id in healthy:

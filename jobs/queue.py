@@ -9,7 +9,7 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from models.config import get_settings
 
 
-BATCH_SIZE = 50  # deliveries per fast-lane job (DESIGN.md "Performance facts")
+BATCH_SIZE = 50  # deliveries per fast-lane job by default (OBSERVATORY_BATCH_SIZE)
 
 
 def queue_name() -> str:
@@ -49,14 +49,16 @@ async def enqueue_delivery(redis: ArqRedis, delivery_id: int, attempt: int = 1,
 
 
 async def enqueue_batch(redis: ArqRedis, delivery_ids: Iterable[int],
-                        batch_size: int = BATCH_SIZE) -> int:
-    """Hand first attempts to the fast lane: one `deliver_batch` job per `batch_size` ids.
+                        batch_size: int | None = None) -> int:
+    """Hand first attempts to the fast lane: one `deliver_batch` job per `batch_size` ids
+    (default: the `OBSERVATORY_BATCH_SIZE` setting).
 
     A delivery handed out twice is still delivered once (the batch claims it with a CAS).
     Returns the number of jobs enqueued.
     """
     ids = list(delivery_ids)
-    chunks = [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
+    size = batch_size or get_settings().batch_size
+    chunks = [ids[i:i + size] for i in range(0, len(ids), size)]
     for chunk in chunks:
         await redis.enqueue_job("deliver_batch", chunk, _queue_name=queue_name())
     return len(chunks)

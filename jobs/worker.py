@@ -77,8 +77,13 @@ def _redis_settings() -> RedisSettings:
     return redis_settings() if get_settings().redis_url else RedisSettings()
 
 
+#: a batch's result is never read (its outcomes are in the database): storing it would cost
+#: a Redis write per job on the hot path
+_deliver_batch = func(deliver_batch, name="deliver_batch", keep_result=0)
+
+
 class WorkerSettings:
-    functions = [deliver_batch, deliver,
+    functions = [_deliver_batch, deliver,
                  func(run_cron_job, name="run_cron_job", max_tries=1, timeout=300)]
     cron_jobs = arq_cron_jobs()
     timezone = UTC  # cron expressions, missed-tick checks and the panel all speak UTC
@@ -111,7 +116,7 @@ class BulkWorkerSettings:
     """
 
     functions = [func(walk_bulk_operation, name="walk_bulk_operation",
-                      timeout=SEGMENT_S + 60, max_tries=3), deliver_batch, deliver]
+                      timeout=SEGMENT_S + 60, max_tries=3), _deliver_batch, deliver]
     on_startup = bulk_startup
     on_shutdown = shutdown
     on_job_start = job_started

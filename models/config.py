@@ -22,6 +22,21 @@ def _float_env(name: str, default: float) -> float:
         return default
 
 
+def _int_env(name: str, default: int, low: int, high: int) -> int:
+    """An integer from `low` to `high`, `default` when unset; anything else is an error that
+    names the variable and the rule (a worker must not start on a mistyped setting)."""
+    raw = _env(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ValueError(f"{name}: must be a whole number from {low} to {high}, got {raw!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Observatory's configuration; every field comes from one environment variable."""
@@ -41,6 +56,9 @@ class Settings:
     # bulk retries per second and endpoint (0 = unpaced), so a replay never floods a receiver
     bulk_rate_per_endpoint: float = field(
         default_factory=lambda: _float_env("OBSERVATORY_BULK_RATE_PER_ENDPOINT", 50.0))
+    # deliveries per fast-lane job: bigger batches spend less of arq's per-job cost
+    batch_size: int = field(
+        default_factory=lambda: _int_env("OBSERVATORY_BATCH_SIZE", 50, 1, 1000))
 
     @property
     def resolved_database_url(self) -> str:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from tortoise import Tortoise, connections
+from tortoise.backends.base.config_generator import expand_db_url
 
 from models.config import get_settings, normalise_database_url
 
@@ -20,6 +22,29 @@ MODEL_MODULES = [
 ]
 
 
+class PooledConnection(asyncpg.Connection):  # type: ignore[misc]
+    """asyncpg connection that skips the reset query when it goes back to the pool.
+
+    asyncpg's default runs `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`
+    on every release, and tortoise acquires a connection per statement: one extra round trip
+    per statement (measured: a tenth of a delivery worker's time). Observatory takes no
+    advisory locks, keeps no cursors across statements, never LISTENs through tortoise and sets
+    nothing per session; an open transaction is still rolled back (asyncpg always does that).
+    """
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
+def _connection(url: str) -> str | dict[str, Any]:
+    """The tortoise connection config of `url` (PostgreSQL: with `PooledConnection`)."""
+    if not url.startswith("postgres"):
+        return url
+    config = expand_db_url(url)
+    config["credentials"]["connection_class"] = PooledConnection
+    return config
+
+
 def tortoise_config(database_url: str | None = None) -> dict[str, Any]:
     """The tortoise config dict; `database_url` defaults to the settings' resolved URL."""
     settings = get_settings()
@@ -27,7 +52,7 @@ def tortoise_config(database_url: str | None = None) -> dict[str, Any]:
     if url.startswith("sqlite://") and ":memory:" not in url:
         settings.data_dir.mkdir(parents=True, exist_ok=True) if not database_url else None
     return {
-        "connections": {"default": url},
+        "connections": {"default": _connection(url)},
         "apps": {
             "models": {
                 "models": MODEL_MODULES,

@@ -8,8 +8,9 @@ are read and controlled (REST, CLI and dashboard call these functions).
         re-sync creates one new delivery per message; both hand them to the bulk lane as
         `deliver_batch` jobs paced per endpoint. Archive and delete act on the batch's entries
         in the database (one compare-and-set statement), no HTTP.
-    deliver_batch (jobs.deliver) ─► cancel_queued() once per batch; record_outcomes bumps the
-        hash once per batch (record_progress) and the last batch finishes the operation
+    deliver_batch (jobs.deliver) ─► is_cancelling() once per batch, right after its claim;
+        record_outcomes bumps the hash once per batch (record_progress) and the last batch
+        finishes the operation
 
 Snapshot-bound: the scope is frozen by `max_id` (entries that fail later — or, for a re-sync,
 messages published later — are not swept in) and by the start time (an entry changed since —
@@ -423,6 +424,12 @@ def _ints(figures: dict[str, str]) -> dict[str, int]:
 def _complete(figures: dict[str, str]) -> bool:
     f = _ints(figures)
     return "total" in figures and f["completed"] + f["cancelled"] + f["skipped"] >= f["total"]
+
+
+async def is_cancelling(redis: Redis, operation_id: int) -> bool:
+    """Whether the operation was cancelled (one read of its live hash)."""
+    state = await redis.hget(progress_key(operation_id), "state")  # type: ignore[misc]
+    return state is not None and _s(state) == S.CANCELLING.value
 
 
 async def cancel_queued(redis: Redis, operation_id: int, delivery_ids: list[int]) -> int | None:
