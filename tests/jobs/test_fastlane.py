@@ -7,6 +7,7 @@ import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import pytest_asyncio
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
@@ -288,3 +289,20 @@ async def test_slow_endpoint_does_not_starve_others_on_the_same_host(db, redis, 
     assert await Delivery.filter(endpoint_id=fast.id, status=DeliveryStatus.SUCCEEDED).count() == 5
     assert time.monotonic() - t0 < 2  # not queued behind the slow endpoint's connections
     await asyncio.wait(set(ctx["detached"]), timeout=10)
+
+
+async def test_batch_size_comes_from_the_setting(db, redis, monkeypatch):
+    monkeypatch.setenv("OBSERVATORY_BATCH_SIZE", "40")
+    assert await enqueue_batch(redis, range(1, 121)) == 3
+    jobs = await redis.queued_jobs(queue_name=queue_name())
+    assert sorted(len(j.args[0]) for j in jobs) == [40, 40, 40]
+
+
+def test_a_mistyped_batch_size_is_refused_with_the_rule(monkeypatch):
+    from models.config import get_settings
+
+    for bad in ("0", "1001", "fifty"):
+        monkeypatch.setenv("OBSERVATORY_BATCH_SIZE", bad)
+        with pytest.raises(ValueError, match="OBSERVATORY_BATCH_SIZE: must be a whole number "
+                                             "from 1 to 1000"):
+            get_settings()
