@@ -208,8 +208,8 @@ _MESSAGE = ("id", "app_id", "event_type", "payload", "created_at")
 _DELIVERY = ("id", "message_id", "endpoint_id", "status", "attempts", "last_error",
              "last_status_code", "metadata", "created_at", "updated_at", "finished_at")
 _ENTRY = ("id", "delivery_id", "message_id", "endpoint_id", "endpoint_url", "status",
-          "failure_reason", "error_history", "attempts", "policy", "metadata", "retry_count",
-          "created_at", "updated_at", "resolved_at")
+          "failure_reason", "event_type", "last_error", "error_history", "attempts", "policy",
+          "metadata", "retry_count", "created_at", "updated_at", "resolved_at")
 
 
 def _rows(spec: FillSpec, starts: dict[str, int], lo: int, hi: int,
@@ -230,6 +230,7 @@ def _rows(spec: FillSpec, starts: dict[str, int], lo: int, hi: int,
                          json.dumps({"kind": "bench", "i": i, "blob": blob}), at))
         deliveries.append((d, m, endpoint_id, "failed", 5, error, 500, "{}", at, at, at))
         entries.append((e, d, m, endpoint_id, url, status, REASONS[i % len(REASONS)],
+                        event_type, error,
                         json.dumps([{"attempt": 5, "status_code": 500, "error": error}]), 5,
                         policy, json.dumps({"event_type": event_type}), 0, at, at,
                         at if status == "resolved" else None))

@@ -91,6 +91,7 @@ async def run(args: argparse.Namespace, st: Stack) -> list[tuple[str, str, str]]
         ("GET /v1/dlq first page", "/v1/dlq", "< 100 ms"),
         ("GET /v1/dlq filtered (endpoint_id + q)",
          f"/v1/dlq?endpoint_id={endpoint_id}&q=timeout", "< 100 ms"),
+        ("GET /v1/dlq filtered (q, a term no entry has)", "/v1/dlq?q=handshake", "< 100 ms"),
         ("GET /v1/dlq filtered (event_type)", "/v1/dlq?event_type=bench.7", "< 100 ms"),
         ("GET /v1/dlq filtered (app_id + status=archived)",
          f"/v1/dlq?app_id={apps[1][0]}&status=archived", "< 100 ms"),

@@ -211,6 +211,8 @@ async def dead_letter(delivery: Delivery, endpoint: Endpoint | None, result: Att
             status=DeliveryStatus.FAILED, finished_at=now, last_status_code=result.status_code,
             last_error=result.error_message or reason, updated_at=now)
         if dlq_id:
+            # its last_error stays the original delivery's (what `q` searches and the export
+            # shows); this retry's error is in error_history and on the retry delivery
             entry = await DeadLetter.get(id=dlq_id)
             await DeadLetter.filter(id=dlq_id).update(
                 status=DeadLetterStatus.ACTIVE, failure_reason=reason,
@@ -225,6 +227,9 @@ async def dead_letter(delivery: Delivery, endpoint: Endpoint | None, result: Att
                 "failure_reason": reason, "error_history": history, "attempts": len(attempts),
                 "policy": policy.model_dump() if policy else {},
                 "metadata": {"event_type": delivery.message.event_type},
+                # copies the DLQ filters and searches on without a join (as just written)
+                "event_type": delivery.message.event_type,
+                "last_error": result.error_message or reason,
             },
         )
     return entry.id

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tortoise import fields
+from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.models import Model
 
+from models.deliveries import Delivery, Message
 from models.enums import DeadLetterStatus
 
 
@@ -23,6 +27,10 @@ class DeadLetter(Model):
     endpoint_url = fields.CharField(max_length=2048)  # snapshot, kept if the endpoint goes
     status = fields.CharEnumField(DeadLetterStatus, default=DeadLetterStatus.ACTIVE, max_length=16)
     failure_reason = fields.CharField(max_length=64)
+    #: copy of message.event_type, so the DLQ filters and stats need no join
+    event_type = fields.CharField(max_length=200, default="", db_default="")
+    #: copy of the failed delivery's last_error (what `q` searches), so the DLQ needs no join
+    last_error = fields.TextField(null=True)
     error_history = fields.JSONField(default=list)  # one item per attempt
     attempts = fields.IntField(default=0)
     policy = fields.JSONField(default=dict)  # the retry policy in force when it failed
@@ -39,4 +47,33 @@ class DeadLetter(Model):
 
     class Meta:
         table = "dead_letter"
+        # more in migration 0009: (event_type, id) and, on PostgreSQL, trigram indexes for `q`
         indexes = (("status", "created_at"),)
+
+    async def save(self, using_db: BaseDBAsyncClient | None = None, *args: Any,
+                   **kwargs: Any) -> None:
+        """Save; a new entry whose creator left out the copies (`event_type`, `last_error`)
+        gets them from its message and delivery, so no way of creating one leaves them blank."""
+        if not self._saved_in_db:
+            await self._fill_copies(using_db)
+        await super().save(using_db, *args, **kwargs)
+
+    async def _fill_copies(self, using_db: BaseDBAsyncClient | None) -> None:
+        if not self.event_type:
+            message = self._related("message")
+            found = [message.event_type] if message is not None else await Message.filter(
+                id=self.message_id).using_db(using_db).values_list(  # type: ignore[attr-defined]
+                "event_type", flat=True)
+            self.event_type = found[0] if found else ""
+        if self.last_error is None:
+            delivery = self._related("delivery")
+            errors = [delivery.last_error] if delivery is not None else await Delivery.filter(
+                id=self.delivery_id).using_db(using_db).values_list(  # type: ignore[attr-defined]
+                "last_error", flat=True)
+            self.last_error = errors[0] if errors else None
+
+    def _related(self, name: str) -> Any:
+        """The related object given to the constructor (or fetched), None if only its id is."""
+        value = self.__dict__.get(f"_{name}")
+        return value if isinstance(value, Model) else None
+

@@ -21,15 +21,18 @@ async def make_endpoint(url: str, app: Application | None = None, **fields: Any)
 
 
 async def make_dead_letter(endpoint: Endpoint | None, *, status: DeadLetterStatus =
-                           DeadLetterStatus.ACTIVE, payload: Any = None) -> DeadLetter:
+                           DeadLetterStatus.ACTIVE, payload: Any = None,
+                           event_type: str = "order.created",
+                           last_error: str | None = None) -> DeadLetter:
     """A failed delivery of a fresh message and its DLQ entry."""
     app_id = endpoint.app_id if endpoint else (await Application.create(name="orphans")).id  # type: ignore[attr-defined]
-    message = await Message.create(app_id=app_id, event_type="order.created",
+    message = await Message.create(app_id=app_id, event_type=event_type,
                                    payload=payload if payload is not None else {"order": 1})
-    delivery = await Delivery.create(message=message, endpoint=endpoint,
+    delivery = await Delivery.create(message=message, endpoint=endpoint, last_error=last_error,
                                      status=DeliveryStatus.FAILED, attempts=3)
     return await DeadLetter.create(
         delivery=delivery, message=message, endpoint=endpoint,
         endpoint_url=endpoint.url if endpoint else "http://gone.invalid/",
         status=status, failure_reason="max_attempts_exceeded", attempts=3,
+        event_type=event_type, last_error=last_error,
         error_history=[{"attempt": n, "status_code": 500} for n in (1, 2, 3)])

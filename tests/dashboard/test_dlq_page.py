@@ -64,11 +64,7 @@ def ids(state: DlqPageState) -> list[int]:
 
 async def entry(endpoint: Endpoint, status: S = S.ACTIVE, *, event_type: str = "order.created",
                 created_at: datetime | None = None) -> DeadLetter:
-    dead = await make_dead_letter(endpoint, status=status)
-    if event_type != "order.created":
-        await dead.fetch_related("message")
-        dead.message.event_type = event_type
-        await dead.message.save()
+    dead = await make_dead_letter(endpoint, status=status, event_type=event_type)
     if created_at is not None:
         await DeadLetter.filter(id=dead.id).update(created_at=created_at)
     return dead

@@ -58,3 +58,69 @@ async def test_hot_lookups_have_their_indexes(db):
     names = {r["name"] for r in rows}
     assert {"idx_delivery_claim_token", "idx_delivery_claimed_by", "idx_attempt_delivery",
             "uid_dead_letter_delivery", "idx_dead_letter_endpoint"} <= names
+
+
+def _migration_0009():
+    import importlib
+
+    return importlib.import_module("models.migrations.0009_dead_letter_copies")
+
+
+async def test_migration_0009_backfills_the_copies_of_existing_entries(db):
+    """Entries written before 0009 (copies blank) get their message's event type and their
+    delivery's last error."""
+    from types import SimpleNamespace
+
+    from tortoise import connections
+
+    from models.dead_letters import DeadLetter
+    from tests.factories import make_dead_letter, make_endpoint
+
+    endpoint = await make_endpoint("http://127.0.0.1:9/hook")
+    first = await make_dead_letter(endpoint, event_type="order.paid", last_error="HTTP 500")
+    second = await make_dead_letter(endpoint, event_type="user.created", last_error=None)
+    conn = connections.get("default")
+    await conn.execute_script("UPDATE dead_letter SET event_type = '', last_error = NULL")
+
+    await _migration_0009()._backfill(None, SimpleNamespace(client=conn))
+
+    rows = await DeadLetter.all().order_by("id").values_list("id", "event_type", "last_error")
+    assert rows == [(first.id, "order.paid", "HTTP 500"), (second.id, "user.created", None)]
+
+
+async def test_dlq_filters_have_their_indexes(db):
+    from tortoise import connections
+
+    conn = connections.get("default")
+    if conn.capabilities.dialect == "sqlite":
+        rows = await conn.execute_query_dict(
+            "SELECT name FROM sqlite_master WHERE type = 'index'")
+        assert "idx_dead_letter_event_type" in {r["name"] for r in rows}
+        return
+    rows = await conn.execute_query_dict(
+        "SELECT indexname AS name FROM pg_indexes WHERE tablename = 'dead_letter'")
+    names = {r["name"] for r in rows}
+    assert "idx_dead_letter_event_type" in names
+    trigram = {f"idx_dead_letter_{c}_trgm" for c in ("failure_reason", "endpoint_url",
+                                                     "last_error")}
+    statistics = {r["name"] for r in await conn.execute_query_dict(
+        "SELECT stxname AS name FROM pg_statistic_ext")}
+    # pg_trgm where it could be created; else planner statistics on the searched expressions
+    assert trigram <= names or {f"st_dead_letter_{c}" for c in (
+        "failure_reason", "endpoint_url", "last_error")} <= statistics
+
+
+async def test_a_refused_extension_rolls_back_only_its_savepoint(db):
+    """Migration 0009 falls back when pg_trgm cannot be created; the refusal must not abort
+    the migration's transaction."""
+    import pytest
+    from tortoise import connections
+    from tortoise.transactions import in_transaction
+
+    if connections.get("default").capabilities.dialect != "postgres":
+        pytest.skip("PostgreSQL extensions")
+    migration = _migration_0009()
+    async with in_transaction() as conn:
+        assert await migration._extension(conn, "pg_trgm") is True
+        assert await migration._extension(conn, "observatory_no_such_extension") is False
+        assert await conn.execute_query_dict("SELECT 1 AS ok") == [{"ok": 1}]
