@@ -137,12 +137,12 @@ async def export_dlq(request: Request) -> StreamingResponse:
                                     "message": "must be one of csv, jsonl"}]})
     f = DlqFilter.from_query(request.query_params)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    lines = _csv_lines(ops.export_rows(f)) if fmt == "csv" else _jsonl_lines(ops.export_rows(f))
+    lines = csv_lines(ops.export_rows(f)) if fmt == "csv" else jsonl_lines(ops.export_rows(f))
     return StreamingResponse(lines, media_type=EXPORT_FORMATS[fmt], headers={
         "Content-Disposition": f'attachment; filename="dlq-export-{stamp}.{fmt}"'})
 
 
-async def _csv_lines(rows: AsyncIterator[ops.ExportRow]) -> AsyncIterator[str]:
+async def csv_lines(rows: AsyncIterator[ops.ExportRow]) -> AsyncIterator[str]:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
     writer.writeheader()
@@ -167,7 +167,7 @@ def _drain(buffer: io.StringIO) -> str:
     return text
 
 
-async def _jsonl_lines(rows: AsyncIterator[ops.ExportRow]) -> AsyncIterator[str]:
+async def jsonl_lines(rows: AsyncIterator[ops.ExportRow]) -> AsyncIterator[str]:
     async for row in rows:
         yield json.dumps(row, default=str) + "\n"
 

@@ -1,5 +1,12 @@
 """Cron Job Dashboard pieces: a row per job (next run, last result, Run now, Pause/Resume) and
-a row per recent run (status, drift, reason, Retry), each carrying `cron-status-<status>`."""
+a row per recent run (status, drift, reason, Retry), each carrying `cron-status-<status>`.
+
+The panel shares its row with the Heartbeat Monitor (60 % of the page on wide screens), so its
+tables must fit that width without sideways scrolling: headers wrap, a time's drift and a
+last result's drift go under them, the action buttons stack, and a reason wraps and is cut at
+two lines (the whole text in its tooltip). Job names, cron expressions, times and badges never
+break (a name is what an operator types into the CLI).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from typing import Any
 import reflex as rx
 
 from dashboard.components.badges import cron_status_badge, status_badge
-from dashboard.components.panel import column_headers, empty_state, panel
+from dashboard.components.panel import empty_state, panel
 from dashboard.components.reactive import any_true, each, either, is_empty, negate, pick
 
 # a soft tint per status so failed, missed and running rows stand out from the rest
@@ -36,14 +43,37 @@ def _field(row: Any, key: str, default: Any = "") -> Any:
 
 def _job_cell(run: Any) -> rx.Component:
     return rx.table.row_header_cell(rx.vstack(
-        rx.text(run["job"], weight="medium", size="2", white_space="nowrap"),
+        _small(run["job"], weight="medium"),
         rx.code(run["expression"], variant="ghost", size="1", color_scheme="gray",
                 white_space="nowrap"),
         spacing="0"))
 
 
 def _small(text: Any, **props: Any) -> rx.Component:
-    return rx.text(text, size="2", white_space="nowrap", **props)
+    """A cell's text, kept on one line (times, counts) unless `props` say otherwise."""
+    return rx.text(text, size="2", **{"white_space": "nowrap", **props})
+
+
+def _when(row: Any) -> rx.Component:
+    """The time, and its drift beside it (or under it when the column is narrow)."""
+    return rx.flex(
+        _small(row["when_label"]),
+        _small(_field(row, "drift_label"), color_scheme="orange", class_name="cron-drift"),
+        wrap="wrap", column_gap="0.5em", align="center")
+
+
+def _reason(text: Any) -> rx.Component:
+    """An error or missed reason: at most two lines, broken anywhere; all of it on hover."""
+    return rx.text(text, size="1", color_scheme="red", title=text, class_name="cron-reason",
+                   min_width="6em", overflow="hidden", overflow_wrap="anywhere",
+                   display="-webkit-box",
+                   style={"-webkit-line-clamp": "2", "-webkit-box-orient": "vertical"})
+
+
+def _headers(*labels: str) -> rx.Component:
+    """Column headers that wrap at spaces (the shared ones never wrap)."""
+    return rx.table.header(rx.table.row(*(rx.table.column_header_cell(label)
+                                          for label in labels)))
 
 
 def _action(label: Any, aria: Any, on_click: Any, busy: Any, disabled: Any,
@@ -63,13 +93,13 @@ def cron_job_row(job: Any, *, is_busy: Handler, can_operate: Any, on_run: Handle
     return rx.table.row(
         _job_cell(job),
         rx.table.cell(either(paused, cron_badge("paused"), _small(job["when_label"]))),
-        rx.table.cell(rx.hstack(
+        rx.table.cell(rx.flex(
             either(_field(job, "last_status", None), cron_badge(_field(job, "last_status")),
                    _small("never ran", color_scheme="gray")),
             _small(_field(job, "drift_label"), color_scheme="orange", class_name="cron-drift"),
-            spacing="2", align="center")),
+            wrap="wrap", gap="0.5em", align="center")),
         rx.table.cell(_small(_field(job, "missed_24h", 0), class_name="cron-missed-count")),
-        rx.table.cell(rx.hstack(
+        rx.table.cell(rx.flex(
             _action("Run now", f"Run {name} now", on_run(name), is_busy(f"run:{name}"),
                     any_true(is_busy(f"run:{name}"), negate(can_operate)), "cron-run-button"),
             either(paused,
@@ -78,7 +108,7 @@ def cron_job_row(job: Any, *, is_busy: Handler, can_operate: Any, on_run: Handle
                            "green"),
                    _action("Pause", f"Pause {name}", on_pause(name), toggle_busy,
                            any_true(toggle_busy, negate(can_operate)), "cron-pause-button")),
-            spacing="2")),
+            wrap="wrap", gap="0.5em")),
         id=f"cron-job-{name}",
         class_name=f"cron-job cron-status-{status}",
         background=pick(status, _ROW_TINT, "transparent"),
@@ -100,15 +130,9 @@ def cron_row(run: Any, *, is_busy: Handler | None = None, can_operate: Any = Fal
     return rx.table.row(
         rx.table.row_header_cell(_small(run["job"], weight="medium")),
         rx.table.cell(cron_badge(status)),
-        rx.table.cell(rx.hstack(
-            _small(run["when_label"]),
-            _small(_field(run, "drift_label"), color_scheme="orange", class_name="cron-drift"),
-            spacing="2")),
+        rx.table.cell(_when(run)),
         rx.table.cell(_small(run["duration_label"], color_scheme="gray")),
-        rx.table.cell(rx.text(run["error_label"], size="1", color_scheme="red",
-                              max_width="200px", overflow="hidden", text_overflow="ellipsis",
-                              white_space="nowrap", title=run["error_label"],
-                              class_name="cron-reason")),
+        rx.table.cell(_reason(run["error_label"])),
         rx.table.cell(retry),
         id=f"cron-run-{run_id}",
         class_name=f"cron-row cron-status-{status}",
@@ -127,8 +151,8 @@ def _table(rows: Any, empty_message: str, headers: tuple[str, ...],
     return either(
         is_empty(rows),
         empty_state(empty_message, icon="calendar-x"),
-        rx.table.root(column_headers(*headers), rx.table.body(each(rows, render)),
-                      variant="ghost", size="1", width="100%"),
+        rx.table.root(_headers(*headers), rx.table.body(each(rows, render)),
+                      variant="ghost", size="1", width="100%", class_name="cron-table"),
     )
 
 
@@ -167,4 +191,5 @@ def cron_panel(upcoming: Any, recent: Any, failed_count: Any = 0, missed_count: 
                                               variant="surface"), rx.fragment()),
             spacing="2"),
         id="cron-dashboard-panel",
+        min_width="0",  # a grid item: never wider than its column
     )

@@ -195,6 +195,22 @@ def pager(page_number: Any, has_previous: Any, has_next: Any, *, on_previous: Ev
     )
 
 
+def export_menu(busy: Any = False, note: str = "", *, on_export: Event = None) -> rx.Component:
+    """Export the entries matching the applied filters: a menu of CSV and JSON Lines (and
+    `note`, e.g. the size limit); the button spins while the file is made."""
+    items = [rx.menu.item(rx.icon(icon, size=14), label, id=f"dlq-export-{fmt}",
+                          disabled=busy, **_on(on_select=on_export(fmt) if on_export else None))
+             for fmt, label, icon in (("csv", "CSV", "sheet"),
+                                      ("jsonl", "JSON Lines", "file-json"))]
+    return rx.menu.root(
+        rx.menu.trigger(rx.button(rx.icon("download", size=14), "Export", size="2",
+                                  variant="soft", loading=busy, id="dlq-export",
+                                  aria_label="Export the entries matching the filters")),
+        rx.menu.content(*items, *([rx.menu.separator(), rx.menu.item(
+            note, disabled=True, class_name="dlq-export-note")] if note else [])),
+    )
+
+
 def dlq_panel(table: rx.Component, pager_: rx.Component, *, actions: rx.Component | None = None,
               aside: rx.Component | None = None) -> rx.Component:
     return panel("Dead letters", "inbox", actions or rx.fragment(), table, pager_,

@@ -40,6 +40,9 @@ def cron_item(row: CronRunItem) -> CronItem:
 
 
 class CronState(rx.State):
+    """The cron panel's rows (loaded by the Scheduler page and the relay) and its actions;
+    each action needs an operator, checked in the handler."""
+
     upcoming: list[CronItem] = []  # one row per cron job: its next run, state, last result
     recent: list[CronItem] = []  # the latest recorded runs, newest first
     busy: list[str] = []  # keys ("run:name", "pause:name", "retry:id") of requests in flight
@@ -64,8 +67,12 @@ class CronState(rx.State):
             self.loaded = True
 
     async def _reload(self) -> None:
-        data = await fetch_panels({Panel.CRON})
-        self._apply(data["cron_upcoming"], data["cron_recent"])
+        """Re-read this panel through the page's refresh contract: rows that cannot be read
+        show an error in this panel only (and a later good read clears it)."""
+        # imported here: the Scheduler state imports this module
+        from dashboard.state.scheduler import apply_panels
+
+        await apply_panels(self, await fetch_panels({Panel.CRON}))
 
     async def _act(self, key: str, action: Callable[[str, Any], Awaitable[Any]],
                    done: str, failed: str) -> AsyncIterator[Any]:

@@ -21,6 +21,7 @@ import reflex as rx
 from pydantic import ValidationError as PydanticValidationError
 
 from dashboard import runtime
+from dashboard.state import dlq_export
 from dashboard.state.bulk import BulkRetryState, load_operations
 from dashboard.state.paging import CursorPager
 from dashboard.state.rows import DeadLetterItem, clock_label, dead_letter_item, duration_label, humanize
@@ -42,6 +43,7 @@ RETRY_TITLES = ("Retry queued", "Retry failed")
 ARCHIVE_TITLES = ("Entry archived", "Entry not archived")
 DELETE_TITLES = ("Entry deleted", "Entry not deleted")
 SANDBOX_FAILED = "Sandbox retry not sent"
+EXPORT_FAILED = "Export failed"
 FILTER_FIELDS = ("status", "event_type", "endpoint_id", "app_id", "since", "until", "q")
 FIELD_LABELS = {"status": "Status", "event_type": "Event type", "endpoint_id": "Endpoint id",
                 "app_id": "Application id", "since": "Since", "until": "Until", "q": "Search"}
@@ -52,6 +54,7 @@ STATUS_CHOICES: dict[str, list[str] | None] = {
     "all": [s.value for s in DeadLetterStatus],
 }
 DEFAULT_FORM = {name: "" for name in FILTER_FIELDS} | {"status": "open"}
+EMPTY_EXPORT = "No DLQ entry matches the applied filters."
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 #: friendlier words for pydantic's rule types
 _RULE_MESSAGES = {"int_parsing": "must be a whole number", "int_from_float": "must be a whole number",
@@ -310,6 +313,7 @@ class DlqPageState(CursorPager, rx.State):
     sandbox_id: int = 0
     sandbox_form: dict[str, str] = dict.fromkeys(SANDBOX_FIELDS, "")
     sandbox_errors: dict[str, str] = no_sandbox_errors()
+    exporting: str = ""  # the format of the export in flight ("": none)
 
     @rx.var
     def has_filter_errors(self) -> bool:
@@ -376,6 +380,43 @@ class DlqPageState(CursorPager, rx.State):
     async def reset_filters(self) -> None:
         self.form = dict(DEFAULT_FORM)
         await self.apply()
+
+    # -- export ------------------------------------------------------------------------------
+
+    @rx.event
+    async def export(self, fmt: str) -> AsyncIterator[Any]:
+        """Download the entries matching the applied filters as "csv" or "jsonl", through
+        the export operation of REST and the CLI (any signed-in role: it is a read; like
+        REST, no audit row). The dashboard stops at dlq_export's limits and says so."""
+        if self.exporting or fmt not in dlq_export.FORMATS:
+            return
+        self.exporting = fmt
+        yield
+        try:
+            await runtime.ensure_db()
+            actor = await current_actor(self, Role.VIEWER)
+            done = await dlq_export.export_file(build_filter(self.applied), fmt)
+        except Exception as exc:  # noqa: BLE001 - reported as a toast
+            self.exporting = ""
+            yield self._failure(EXPORT_FAILED, exc)
+            return
+        self.exporting = ""
+        logger.info("dlq export by %s: %d entries as %s%s", actor, done.count, fmt,
+                    " (cut at the dashboard limit)" if done.truncated else "")
+        if not done.count:
+            yield rx.toast.info("Nothing to export", description=EMPTY_EXPORT)
+            return
+        label = dlq_export.FORMATS[fmt][0]
+        download = rx.download(data=done.text, filename=done.filename, mime_type=done.mime_type)
+        if done.truncated:
+            yield [download, rx.toast.warning("Export cut short", duration=20_000, description=(
+                f"Exported the oldest {done.count:,} matching entries as {label}: the "
+                f"dashboard exports at most {dlq_export.limit_label()}; "
+                f"{dlq_export.FOR_MORE}."))]
+        else:
+            yield [download, rx.toast.success("Export ready", description=(
+                f"{done.count:,} {'entry' if done.count == 1 else 'entries'} exported as "
+                f"{label} ({done.filename})."))]
 
 
     # -- detail ------------------------------------------------------------------------------

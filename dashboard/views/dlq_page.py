@@ -1,4 +1,4 @@
-"""The Dead Letter Queue view: filters, totals, the paged table and dialogs bound to
+"""The Dead Letter Queue view: filters, totals, the paged table, Export and dialogs bound to
 DlqPageState, and Retry All over the current filter with the progress cards of BulkRetryState
 (the same components as on the Scheduler page)."""
 
@@ -8,9 +8,10 @@ import reflex as rx
 
 from dashboard.components.bulk import confirm_dialog, operations_list
 from dashboard.components.dlq_page import (confirm_action_dialog, detail_dialog, dlq_panel,
-                                           entry_table, filter_bar, pager, sandbox_dialog,
-                                           stats_strip)
+                                           entry_table, export_menu, filter_bar, pager,
+                                           sandbox_dialog, stats_strip)
 from dashboard.state.bulk import BulkRetryState as B
+from dashboard.state.dlq_export import limit_label
 from dashboard.state.dlq_page import DlqPageState as S
 from dashboard.state.session import AuthState
 
@@ -92,7 +93,9 @@ def dlq_view() -> rx.Component:
                         on_archive=S.ask_archive, on_delete=S.ask_delete),
             pager(S.page_number, S.previous.length() > 0, S.next_cursor != 0,
                   on_previous=S.previous_page, on_next=S.next_page),
-            actions=_retry_all()),
+            actions=_retry_all(),
+            aside=export_menu(S.exporting != "", f"At most {limit_label()} here; the CLI "
+                              "and REST export any number", on_export=S.export)),
         _dialogs(),
         spacing="5", width="100%",
     )

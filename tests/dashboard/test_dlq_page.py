@@ -3,7 +3,11 @@ and Redis, and rendering of its pieces."""
 
 from __future__ import annotations
 
+import base64
+import csv
+import io
 import json
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,9 +18,11 @@ import reflex as rx
 
 from dashboard import routes, runtime
 from dashboard.components.dlq_page import (confirm_action_dialog, detail_dialog, entry_row,
-                                           filter_bar, sandbox_dialog, stats_strip)
+                                           export_menu, filter_bar, sandbox_dialog,
+                                           stats_strip)
 from dashboard.components.shell import header
 from dashboard.pages.dlq import dlq_page
+from dashboard.state import dlq_export
 from dashboard.state.bulk import BulkRetryState
 from dashboard.state.dlq_page import (DEFAULT_FORM, PAGE_SIZE, DlqPageState, FormError,
                                       build_filter, sandbox_overrides)
@@ -24,6 +30,7 @@ from dashboard.state.rows import dead_letter_item
 from dashboard.state.scheduler import SchedulerState
 from dashboard.state.session import AuthState
 from models import queries
+from models.auth import revoke_token
 from models.audit import AuditLog
 from models.dead_letters import DeadLetter
 from models.deliveries import Attempt, Delivery
@@ -466,3 +473,124 @@ def test_page_and_navigation_render_with_retry_all_and_progress_cards():
                    "dlq-delete-dialog", "dlq-filters"):
         assert needle in page, needle
     assert "Dead letters" in str(header(routes.DLQ))
+
+
+# -- export -----------------------------------------------------------------------------------
+
+def _flat_events(items: list[Any]) -> list[Any]:
+    return [event for item in items if item is not None
+            for event in (item if isinstance(item, list) else [item])]
+
+
+def downloaded(items: list[Any]) -> tuple[str, str] | None:
+    """(filename, file text) of the rx.download the export handed to the browser, if any."""
+    for event in _flat_events(items):
+        if getattr(event.handler.fn, "__qualname__", "") == "_download":
+            args = {str(name): value._var_value for name, value in event.args}
+            header, _, data = args["url"].partition(",")
+            assert header.endswith(";base64")
+            return args["filename"], base64.b64decode(data).decode("utf-8")
+    return None
+
+
+async def test_export_holds_exactly_the_filtered_entries_as_csv_and_jsonl(backend):
+    shop, blog = await make_endpoint(URL), await make_endpoint("http://127.0.0.1:9/blog")
+    first = await make_dead_letter(shop, payload={"order": 1, "note": "café, \"quoted\""})
+    await entry(shop, S.ARCHIVED)  # not open
+    await entry(shop, event_type="order.paid")  # another event type
+    await entry(blog)  # another endpoint
+    second = await entry(shop, S.RETRYING)
+    state = await page_state("viewer")  # an export is a read
+    await apply(state, endpoint_id=str(shop.id), event_type="order.created")
+    state.set_filter("endpoint_id", "")  # typed, not applied: the export follows the page
+
+    handler = state.export("csv")
+    await anext(handler)  # first yield: the button is busy before the work
+    assert state.exporting == "csv"
+    items = await run(handler)
+
+    assert state.exporting == ""
+    filename, text = downloaded(items) or ("", "")
+    assert re.fullmatch(r"dlq-export-\d{8}T\d{6}Z\.csv", filename)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [int(r["id"]) for r in rows] == [first.id, second.id]  # oldest first, like REST
+    assert [r["status"] for r in rows] == ["active", "retrying"]
+    assert json.loads(rows[0]["payload"]) == {"order": 1, "note": 'café, "quoted"'}
+    assert rows[0]["endpoint_id"] == str(shop.id) and rows[0]["resolved_at"] == ""
+    assert "Export ready" in toasts(items) and "2 entries exported as CSV" in toasts(items)
+
+    items = await run(state.export("jsonl"))
+    filename, text = downloaded(items) or ("", "")
+    assert filename.endswith(".jsonl")
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert [(r["id"], r["event_type"], r["endpoint_id"]) for r in lines] == [
+        (first.id, "order.created", shop.id), (second.id, "order.created", shop.id)]
+    assert lines[0]["payload"] == {"order": 1, "note": 'café, "quoted"'}
+    assert "2 entries exported as JSON Lines" in toasts(items)
+    assert await AuditLog.all().count() == 0  # a read, not audited (as REST)
+
+
+async def test_export_of_a_status_filter_and_of_nothing(backend):
+    shop = await make_endpoint(URL)
+    await entry(shop)
+    archived = await entry(shop, S.ARCHIVED)
+    state = await page_state("operator")
+    await apply(state, status="archived")
+    _, text = downloaded(await run(state.export("jsonl"))) or ("", "")
+    assert [json.loads(line)["id"] for line in text.splitlines()] == [archived.id]
+
+    await apply(state, status="resolved")
+    items = await run(state.export("csv"))
+    assert downloaded(items) is None and "Nothing to export" in toasts(items)
+    assert await run(state.export("xlsx")) == [] and state.exporting == ""
+
+
+async def test_export_of_a_signed_out_session_is_refused(backend):
+    await entry(await make_endpoint(URL))
+    state = await page_state("viewer")
+    auth = await state.get_state(AuthState)
+    await revoke_token(auth.session_token)  # signed out in another tab
+
+    items = await run(state.export("csv"))
+
+    assert downloaded(items) is None
+    assert "Export failed" in toasts(items) and "session has ended" in toasts(items)
+    assert state.exporting == "" and not auth.signed_in
+    never = await rx.State().get_state(DlqPageState)  # never signed in
+    items = await run(never.export("jsonl"))
+    assert downloaded(items) is None and "session has ended" in toasts(items)
+
+
+async def test_export_stops_at_the_dashboard_limit_and_says_where_to_get_the_rest(
+        backend, monkeypatch):
+    shop = await make_endpoint(URL)
+    made = [(await entry(shop)).id for _ in range(5)]
+    monkeypatch.setattr(dlq_export, "MAX_ROWS", 3)
+    state = await page_state("viewer")
+
+    items = await run(state.export("csv"))
+
+    _, text = downloaded(items) or ("", "")
+    assert [int(r["id"]) for r in csv.DictReader(io.StringIO(text))] == made[:3]
+    said = toasts(items)
+    assert "Export cut short" in said and "oldest 3 matching entries" in said
+    assert "at most 3 entries" in said and "observatory dlq export" in said
+    assert "GET /v1/dlq/export" in said
+
+    monkeypatch.setattr(dlq_export, "MAX_ROWS", 5)  # exactly the limit: nothing was left out
+    items = await run(state.export("csv"))
+    assert "Export ready" in toasts(items) and "cut short" not in toasts(items)
+
+    monkeypatch.setattr(dlq_export, "MAX_BYTES", 1)  # the size limit too, a row past it
+    items = await run(state.export("jsonl"))
+    _, text = downloaded(items) or ("", "")
+    assert [json.loads(line)["id"] for line in text.splitlines()] == made[:1]
+    assert "Export cut short" in toasts(items)
+
+
+def test_export_menu_offers_both_formats_and_spins_while_busy():
+    rendered = str(export_menu(True, "At most 3 entries here", on_export=None))
+    assert "dlq-export-csv" in rendered and "dlq-export-jsonl" in rendered
+    assert "JSON Lines" in rendered and "At most 3 entries here" in rendered
+    assert "loading:true" in rendered.replace(" ", "")
+    assert "dlq-export" in str(dlq_page())

@@ -20,6 +20,21 @@ def _cls(name: str) -> re.Pattern[str]:
     return re.compile(rf"(^|\s){name}(\s|$)")
 
 
+#: the cron panel and each scroll container in it that is wider inside than it shows
+_SIDEWAYS = """() => {
+  const panel = document.querySelector('#cron-dashboard-panel');
+  const boxes = [panel, ...panel.querySelectorAll('*')].filter(el =>
+    el === panel || ['auto', 'scroll'].includes(getComputedStyle(el).overflowX));
+  return boxes.filter(el => el.scrollWidth > el.clientWidth)
+    .map(el => `${el.id || el.className}: ${el.scrollWidth} > ${el.clientWidth}`);
+}"""
+
+
+async def _sideways(page) -> list[str]:
+    """What in the cron panel would need horizontal scrolling (nothing, at any width)."""
+    return await page.evaluate(_SIDEWAYS)
+
+
 async def _retry_of(run_id: int, timeout_s: float = 30.0) -> CronRun:
     """The retry of `run_id` once a worker has finished it."""
     for _ in range(int(timeout_s * 10)):
@@ -76,6 +91,13 @@ async def test_cron_states_show_and_a_failed_run_is_retried_from_the_page(db, re
     await expect(page.get_by_role("button", name=f"Retry cron run {failed.id}")).to_have_count(0)
     assert await page.evaluate("window.__observatoryMarker") == "same page"
     await page.screenshot(path=str(ARTIFACTS / "cron-panel-retried.png"), full_page=True)
+    # beside the heartbeats (3 : 2 of the row) the panel fits without sideways scrolling,
+    # the retried run's row included; then on its own row (narrow screens)
+    for width in (1500, 1280, 1024):
+        await page.set_viewport_size({"width": width, "height": 1200})
+        await expect(page.locator(f"#cron-run-{retry.id}")).to_be_visible()
+        assert await _sideways(page) == [], f"viewport {width}px"
+    await page.set_viewport_size({"width": 1500, "height": 1200})
 
     await page.get_by_role("button", name="Pause scaling_evaluation").click()
     await expect(page.locator("#cron-job-scaling_evaluation")).to_have_class(

@@ -5,8 +5,11 @@ live to the end."""
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from playwright.async_api import expect
@@ -67,6 +70,18 @@ async def test_filter_inspect_archive_and_retry_all_with_live_progress(
     await page.locator("#dlq-filter-apply").click()
     await expect(rows).to_have_count(3)
     await expect(page.locator("#dlq-filter-error-endpoint_id")).to_have_count(0)
+
+    # Export of the filtered entries: a CSV download of exactly those, and a toast counting them
+    await page.locator("#dlq-export").click()
+    async with page.expect_download() as downloading:
+        await page.locator("#dlq-export-csv").click()
+    download = await downloading.value
+    assert re.fullmatch(r"dlq-export-\d{8}T\d{6}Z\.csv", download.suggested_filename)
+    exported = list(csv.DictReader(io.StringIO(Path(await download.path()).read_text())))
+    assert [int(r["id"]) for r in exported] == [e.id for e in others]  # oldest first
+    assert {r["endpoint_id"] for r in exported} == {str(blog.id)}
+    await expect(page.get_by_text("3 entries exported as CSV")).to_be_visible()
+    await expect(page.locator("#dlq-export")).to_be_enabled()  # no longer busy
 
     # the detail: payload, headers (never the secret), attempts, error history
     target = others[0]
