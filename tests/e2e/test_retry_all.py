@@ -16,7 +16,7 @@ from tests.e2e.test_scheduler import sign_in
 from tests.factories import make_dead_letter, make_endpoint
 from tests.receiver import Reply
 
-ENTRIES = 30
+ENTRIES = 60  # 12 s at the e2e stack's pace (5/s): room to see the bar move, then cancel
 
 
 
