@@ -20,7 +20,9 @@ Figures:
   of batches already in flight (a batch claims its deliveries before starting them) and those of
   batches that started afterwards (target 0); time from the cancel to the walker job's return
   (arq's job result) and to the final `cancelled` state; entry statuses reconcile;
-- `POST /v1/dlq/{id}/retry` latency with 20 concurrent clients over `--retries` distinct entries.
+- `POST /v1/dlq/{id}/retry` latency with 20 concurrent clients over `--retries` distinct entries,
+  and the API process's CPU time per request meanwhile (Linux: /proc; latencies on a shared
+  machine follow its load, CPU per request much less).
 Timestamps come from one machine's clock. The machine may be shared: figures are indicative.
 """
 
@@ -145,7 +147,7 @@ async def walker_alone(b: Bench, client: httpx.AsyncClient) -> None:
 
     endpoint_id, _ = await b.fill("walker-alone", b.args.n)
     os.environ["OBSERVATORY_BULK_RATE_PER_ENDPOINT"] = "0"  # as the workers have it
-    if size := b.args.walk_batch:  # an experiment: entries per walker batch (default 50)
+    if size := b.args.walk_batch:  # an experiment: entries per walker step (WALK_BATCH unpaced)
         walker_module._Pacer.batch = property(lambda self: size)  # type: ignore
     _, started = await _retry_all(client, endpoint_id)
     redis = await connect()
@@ -287,14 +289,27 @@ async def single_retries(b: Bench, base: str, token: str) -> None:
     await asyncio.gather(client_loop(stop_after=solo))
     b.report(f"POST /v1/dlq/{{id}}/retry, 1 client, {solo:,} entries", describe(samples))
     samples.clear()
-    t0 = time.perf_counter()
+    cpu0, t0 = _api_cpu_s(b.st), time.perf_counter()
     await asyncio.gather(*(client_loop() for _ in range(CLIENTS)))
-    took = time.perf_counter() - t0
+    took, cpu = time.perf_counter() - t0, _api_cpu_s(b.st) - cpu0
     n -= solo
     b.report(f"POST /v1/dlq/{{id}}/retry, {CLIENTS} clients, {n:,} entries",
-             f"{describe(samples)}; {n / took:,.0f} req/s; non-202: {dict(errors) or 'none'}",
-             "p95 < 50 ms")
+             f"{describe(samples)}; {n / took:,.0f} req/s; API CPU {cpu / n * 1000:.2f} ms per "
+             f"request; non-202: {dict(errors) or 'none'}", "p95 < 50 ms")
     b.rows[-1] = (b.rows[-1][0], f"p95 {p95(samples):.1f} ms", b.rows[-1][2])
+
+
+def _api_cpu_s(st: Stack) -> float:
+    """CPU seconds (user + system) the API process has used so far (Linux; 0 elsewhere)."""
+    for proc in st.procs:
+        if "dashboard.api.app:api" in proc.args:
+            try:
+                with open(f"/proc/{proc.pid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                return 0.0
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
 
 
 # --- main ------------------------------------------------------------------------------------

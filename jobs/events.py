@@ -2,10 +2,12 @@
 
 Every event is a small JSON object `{"type": ..., ...}` on the channel
 `{namespace}:events` (see models.config.Settings.events_channel). Types in use:
-`delivery.updated` (id, status), `dlq.changed` (id, status), `cron.changed` (name; `*` after
-the missed-tick sweep),
-`agent.heartbeat` (id), `agent.zombie` (id), `scaling.event` (id, direction), `bulk.progress` (id, state, total, completed, succeeded, failed,
-cancelled, skipped; once per batch). Subscribers treat them as "refresh that panel" hints.
+`delivery.updated` (id, status; ids, status for a fast-lane batch, one per resulting status;
+or operation_id, status, count for a bulk cancel), `dlq.changed` (id, status; or operation_id,
+status, count for many), `cron.changed` (name; `*` after the missed-tick sweep),
+`agent.heartbeat` (id), `agent.zombie` (id), `scaling.event` (id, direction), `bulk.progress`
+(id, state, total, completed, succeeded, failed, cancelled, skipped; once per batch).
+Subscribers treat them as "refresh that panel" hints.
 """
 
 from __future__ import annotations
@@ -18,14 +20,20 @@ from redis.asyncio import Redis
 from models.config import get_settings
 
 
+def publish_commands(events: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """The PUBLISH commands of `events`, for a caller that sends them in its own pipeline
+    together with other writes (`pipe.execute_command(*command)`)."""
+    channel = get_settings().events_channel
+    return [("PUBLISH", channel, json.dumps(event, default=str)) for event in events]
+
+
 async def publish_events(redis: Redis, events: list[dict[str, Any]]) -> None:
     """Publish several events in one round trip (coalesced per batch)."""
     if not events:
         return
-    channel = get_settings().events_channel
     async with redis.pipeline(transaction=False) as pipe:
-        for event in events:
-            pipe.publish(channel, json.dumps(event, default=str))
+        for command in publish_commands(events):
+            pipe.execute_command(*command)
         await pipe.execute()
 
 

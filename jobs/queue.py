@@ -70,3 +70,60 @@ async def enqueue_bulk_batch(redis: ArqRedis, delivery_ids: list[int], operation
     reads the operation's cancel flag once before claiming them."""
     await redis.enqueue_job("deliver_batch", delivery_ids, operation_id,
                             _queue_name=bulk_queue_name(), _defer_by=defer_s or None)
+
+
+#: a Redis command as `pipe.execute_command(*command)` takes it
+Command = tuple[str | bytes | int, ...]
+
+
+def bulk_batch_commands(redis: ArqRedis, batches: list[tuple[list[int], float]],
+                        operation_id: int) -> list[Command]:
+    """The Redis commands enqueueing one `deliver_batch` job per (delivery ids, defer seconds)
+    of a bulk operation, for the caller to send in ONE pipeline with whatever else it writes.
+
+    They are those of arq's `enqueue_job` (the job key with its expiry, then its place in the
+    queue's sorted set) without its existence check, which only matters for chosen job ids:
+    these get fresh random ids, as `enqueue_bulk_batch`'s do.
+    """
+    import uuid
+
+    from arq.constants import job_key_prefix
+    from arq.jobs import serialize_job
+    from arq.utils import timestamp_ms
+
+    queue, now = bulk_queue_name(), timestamp_ms()
+    commands: list[Command] = []
+    for delivery_ids, defer_s in batches:
+        job_id = uuid.uuid4().hex
+        score = now + (round(defer_s * 1000) if defer_s and defer_s > 0 else 0)
+        job = serialize_job("deliver_batch", (delivery_ids, operation_id), {}, None, now,
+                            serializer=redis.job_serializer)
+        commands.append(("PSETEX", job_key_prefix + job_id,
+                         score - now + redis.expires_extra_ms, job))
+        commands.append(("ZADD", queue, score, job_id))
+    return commands
+
+
+#: arq's enqueue_job as one script: nothing when the job or its result exists (a duplicate
+#: enqueue of the same job id is a no-op), else the job key and its place in the queue
+_ENQUEUE_ONCE = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
+
+
+def delivery_command(redis: ArqRedis, delivery_id: int, attempt: int = 1) -> Command:
+    """`enqueue_delivery` as one Redis command (a script) for the caller's pipeline, so that
+    enqueueing and publishing take one round trip: same job id `{delivery_id}:{attempt}`,
+    and the same no-op when that job or its result exists (checked inside Redis)."""
+    from arq.constants import job_key_prefix, result_key_prefix
+    from arq.jobs import serialize_job
+    from arq.utils import timestamp_ms
+
+    job_id, now = f"{delivery_id}:{attempt}", timestamp_ms()
+    job = serialize_job("deliver", (delivery_id,), {}, None, now,
+                        serializer=redis.job_serializer)
+    return ("EVAL", _ENQUEUE_ONCE, 3, job_key_prefix + job_id, result_key_prefix + job_id,
+            queue_name(), redis.expires_extra_ms, job, now, job_id)

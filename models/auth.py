@@ -1,10 +1,18 @@
-"""Users, password hashing (scrypt) and API tokens (stored as sha256)."""
+"""Users, password hashing (scrypt) and API tokens (stored as sha256).
+
+A token check costs a database round trip; the REST API, which checks one per request, lets
+a check made at most TOKEN_CACHE_S ago stand (`user_for_token(..., max_age_s=...)`): a token
+revoked or deleted, or a role changed, by another process (the CLI, another backend) takes
+effect there within TOKEN_CACHE_S; through `revoke_token` or `revoke_session_tokens` in the
+same process at once. Every other caller (dashboard sessions, the CLI) checks each time.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
+import time
 from datetime import UTC, datetime, timedelta
 
 from tortoise.expressions import Q
@@ -22,6 +30,14 @@ LAST_USED_PRECISION = timedelta(minutes=1)
 
 #: the name of the API tokens that back dashboard sign-ins (one per signed-in browser)
 SESSION_TOKEN_NAME = "dashboard-session"
+
+#: how long the REST API trusts a token check (see the module's docstring)
+TOKEN_CACHE_S = 1.0
+_CACHE_MAX = 10_000  # tokens remembered at most (the cache is emptied beyond that)
+
+#: sha256 of a token → (when it was checked, time.monotonic(); its user)
+_checked: dict[str, tuple[float, User]] = {}
+_forgotten = [0]  # bumped by every revocation here: a check begun before one is not kept
 
 
 def role_allows(role: Role | str, minimum: Role | str) -> bool:
@@ -70,16 +86,39 @@ async def create_user(name: str, role: Role | str, password: str | None = None) 
     return user, password, token
 
 
-async def user_for_token(token: str) -> User | None:
-    """The user owning `token`, or None."""
-    row = await ApiToken.get_or_none(token_hash=_token_hash(token)).select_related("user")
+async def user_for_token(token: str, *, max_age_s: float = 0.0) -> User | None:
+    """The user owning `token`, or None.
+
+    Args:
+        max_age_s: when > 0, a check of this token made in this process at most that many
+            seconds ago answers without a database round trip (the REST API passes
+            TOKEN_CACHE_S). A token not found is never remembered.
+    """
+    digest = _token_hash(token)
+    if max_age_s > 0 and (hit := _checked.get(digest)) is not None:
+        if time.monotonic() - hit[0] < max_age_s:
+            return hit[1]
+    checked_at, generation = time.monotonic(), _forgotten[0]
+    row = await ApiToken.get_or_none(token_hash=digest).select_related("user")
     if row is None:
+        _checked.pop(digest, None)
         return None
     now = datetime.now(UTC)
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_PRECISION:
         # a write per request would serialise busy clients on one row: minute precision
         await ApiToken.filter(id=row.id).update(last_used_at=now)
+    if len(_checked) >= _CACHE_MAX:
+        _checked.clear()
+    if generation == _forgotten[0]:
+        _checked[digest] = (checked_at, row.user)
     return row.user
+
+
+def _forget(digests: set[str]) -> None:
+    """Drop the remembered checks of these token hashes (and keep none begun before)."""
+    _forgotten[0] += 1
+    for digest in digests:
+        _checked.pop(digest, None)
 
 
 async def authenticate(name: str, password: str) -> User | None:
@@ -91,7 +130,11 @@ async def authenticate(name: str, password: str) -> User | None:
 
 async def revoke_token(token: str) -> bool:
     """Delete the token (a dashboard sign-out); False when it did not exist."""
-    return bool(await ApiToken.filter(token_hash=_token_hash(token)).delete())
+    digest = _token_hash(token)
+    _forget({digest})
+    deleted = await ApiToken.filter(token_hash=digest).delete()
+    _forget({digest})  # and what a check racing the delete may have kept
+    return bool(deleted)
 
 
 async def set_password(user: User, password: str) -> None:
@@ -101,7 +144,12 @@ async def set_password(user: User, password: str) -> None:
 
 async def revoke_session_tokens(user: User) -> int:
     """Sign `user` out of every browser (the dashboard-session tokens); how many there were."""
-    return await ApiToken.filter(user_id=user.id, name=SESSION_TOKEN_NAME).delete()
+    sessions = ApiToken.filter(user_id=user.id, name=SESSION_TOKEN_NAME)
+    digests = set(await sessions.values_list("token_hash", flat=True))
+    _forget(digests)
+    deleted = await sessions.delete()
+    _forget(digests)  # and what a check racing the delete may have kept
+    return deleted
 
 
 async def tokens_matching(value: str) -> list[ApiToken]:

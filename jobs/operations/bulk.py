@@ -10,7 +10,8 @@ are read and controlled (REST, CLI and dashboard call these functions).
         in the database (one compare-and-set statement), no HTTP.
     deliver_batch (jobs.deliver) ─► is_cancelling() once per batch, right after its claim;
         record_outcomes bumps the hash once per batch (record_progress) and the last batch
-        finishes the operation
+        finishes the operation. After a cancel, the first batch's cancel_queued() cancels
+        every queued delivery of the operation (the others find theirs cancelled already)
 
 Snapshot-bound: the scope is frozen by `max_id` (entries that fail later — or, for a re-sync,
 messages published later — are not swept in) and by the start time (an entry changed since —
@@ -435,10 +436,44 @@ async def is_cancelling(redis: Redis, operation_id: int) -> bool:
 async def cancel_queued(redis: Redis, operation_id: int, delivery_ids: list[int]) -> int | None:
     """Before a bulk batch is claimed (one read): if its operation was cancelled, mark the
     deliveries that have not started `cancelled` and their entries `active` again, count them,
-    and return how many; None when the batch may go on."""
-    state = await redis.hget(progress_key(operation_id), "state")  # type: ignore[misc]
+    and return how many; None when the batch may go on.
+
+    The first batch to see the cancel does so for ALL the operation's queued deliveries (a
+    fast walker may have handed out the whole scope: the operation then ends as soon as the
+    deliveries in flight finish, not after every queued job ran); the others, for their own.
+    Each delivery is cancelled once (a compare-and-set on its status, as a claim is).
+    """
+    key = progress_key(operation_id)
+    state = await redis.hget(key, "state")  # type: ignore[misc]
     if state is None or _s(state) != S.CANCELLING.value:
         return None
+    if await redis.hsetnx(key, "swept", 1):  # type: ignore[misc]
+        cancelled = await _sweep_queued(redis, operation_id)
+    else:
+        cancelled = await _cancel_deliveries(redis, operation_id, delivery_ids, itemised=True)
+    if cancelled:
+        await finish_if_complete(redis, operation_id)
+    return cancelled
+
+
+SWEEP_CHUNK = 2000  # deliveries per statement when a cancel sweeps an operation's queue
+
+
+async def _sweep_queued(redis: Redis, operation_id: int) -> int:
+    """Cancel every queued delivery of the operation, a chunk at a time (in id order)."""
+    cancelled, after = 0, 0
+    while ids := list(await Delivery.filter(
+            bulk_operation_id=operation_id, status=DeliveryStatus.QUEUED, id__gt=after
+    ).order_by("id").limit(SWEEP_CHUNK).values_list("id", flat=True)):
+        cancelled += await _cancel_deliveries(redis, operation_id, ids, itemised=False)
+        after = ids[-1]
+    return cancelled
+
+
+async def _cancel_deliveries(redis: Redis, operation_id: int, delivery_ids: list[int], *,
+                             itemised: bool) -> int:
+    """Cancel those of `delivery_ids` still queued (their entries back to `active`), count
+    them in the hash and tell the dashboard (one event per row when `itemised`)."""
     token, now = str(uuid.uuid4()), datetime.now(UTC)
     async with in_transaction():
         await Delivery.filter(id__in=delivery_ids, status=DeliveryStatus.QUEUED).update(
@@ -449,13 +484,22 @@ async def cancel_queued(redis: Redis, operation_id: int, delivery_ids: list[int]
                      if (i := (m.get("__retry_metadata") or {}).get("dead_letter_id"))]
         await DeadLetter.filter(id__in=entry_ids, status=DeadLetterStatus.RETRYING).update(
             status=DeadLetterStatus.ACTIVE, retry_count=F("retry_count") - 1, updated_at=now)
-    if rows:
-        live = await redis.hincrby(progress_key(operation_id), "cancelled", len(rows))
+    if not rows:
+        return 0
+    live = await redis.hincrby(progress_key(operation_id), "cancelled", len(rows))
+    progress = _event(operation_id, S.CANCELLING, {"cancelled": int(live)})
+    if itemised:
         await publish_events(redis, [
             *({"type": "delivery.updated", "id": i, "status": "cancelled"} for i, _ in rows),
             *({"type": "dlq.changed", "id": i, "status": "active"} for i in entry_ids),
-            _event(operation_id, S.CANCELLING, {"cancelled": int(live)})])
-        await finish_if_complete(redis, operation_id)
+            progress])
+    else:
+        await publish_events(redis, [
+            {"type": "delivery.updated", "operation_id": operation_id, "status": "cancelled",
+             "count": len(rows)},
+            {"type": "dlq.changed", "operation_id": operation_id, "status": "active",
+             "count": len(entry_ids)},
+            progress])
     return len(rows)
 
 

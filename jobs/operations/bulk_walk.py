@@ -1,17 +1,21 @@
 """The bulk walker: one arq job (bulk lane) per operation walks its frozen scope in id order,
-one batch at a time, reading the operation's flags (cancel, pause) once before each batch.
+one batch (step) at a time, reading the operation's flags (cancel, pause) once before each.
 
 What a batch does depends on the operation's kind:
 
-    retry    claim the entries (CAS active → retrying), create their deliveries, hand them to
-             the bulk lane paced per endpoint (canary first, when asked)
+    retry    claim the entries (CAS active → retrying), create their deliveries and link the
+             entries to them in set-based SQL (jobs.operations.bulk_claim: one statement on
+             PostgreSQL), then hand them to the bulk lane paced per endpoint (canary first,
+             when asked); unpaced, a step takes WALK_BATCH entries
     resync   create one new delivery per message (linked to the message's active DLQ entry of
              that endpoint, if any) and hand them out paced, like a retry
     archive  one compare-and-set UPDATE of the batch's entries (active/resolved → archived)
     delete   one DELETE of the batch's entries that are not retrying
 
 Each batch moves the cursor with a compare-and-set in the same transaction as its work, so a
-second walker, or a cancel, stops the walk at a batch boundary and no batch is done twice.
+second walker, or a cancel, stops the walk at a batch boundary and no batch is done twice. A
+delivering batch then writes the figures to the hash, enqueues its jobs (~BATCH_SIZE
+deliveries each) and publishes its progress event in ONE Redis round trip.
 Progress rules, figures and the live hash are jobs.operations.bulk's.
 """
 
@@ -32,11 +36,12 @@ from tortoise.expressions import F
 from tortoise.transactions import in_transaction
 
 from jobs import audit
-from jobs.events import publish_events
+from jobs.events import publish_commands, publish_events
 from jobs.operations.bulk import (LIVE_STATES, S, _complete, _event, _ints, _s, _set_state,
                                   end_walk, finish_if_complete, progress_key, rate_per_endpoint)
+from jobs.operations.bulk_claim import Superseded, retry_step
 from jobs.operations.resync import scope_messages
-from jobs.queue import BATCH_SIZE, bulk_queue_name, enqueue_bulk_batch
+from jobs.queue import BATCH_SIZE, bulk_batch_commands, bulk_queue_name
 from models.bulk import BulkOperation
 from models.dead_letters import DeadLetter
 from models.deliveries import Delivery
@@ -45,14 +50,11 @@ from models.endpoints import Endpoint
 from models.enums import BulkKind, DeadLetterStatus, DeliveryStatus
 
 POLL_S = 0.5  # how often a paused walker (or one waiting for its canary) looks again
+WALK_BATCH = 2000  # entries per walker step at most: an unpaced step takes ~0.1 s
 LOOKAHEAD_S = 1.0  # the walker hands out work at most this far ahead of its pacing
 PACE_SLICE_S = 0.2  # one paced job carries about this much of an endpoint's rate
 SEGMENT_S = 240.0  # a walker job re-enqueues itself after this long (bounded job_timeout)
 DB_BATCH = 500  # entries per archive/delete batch (no HTTP: one statement each)
-
-
-class _Superseded(Exception):
-    """Another walker moved the cursor, or the walk was ended (cancel): stop walking."""
 
 
 @dataclass
@@ -71,11 +73,13 @@ class _Pacer:
 
     @property
     def batch(self) -> int:
-        """Entries per walker batch: at most LOOKAHEAD_S of one endpoint's rate, so a pause
-        or cancel holds back all but about that much."""
+        """Entries per walker step: unpaced, WALK_BATCH (the flags are read before each step,
+        so a cancel or pause stops the walk within one step, well under a second); paced, at
+        most LOOKAHEAD_S of one endpoint's rate, so a pause or cancel holds back all but about
+        that much."""
         if not self.rate:
-            return BATCH_SIZE
-        return max(self.chunk, min(BATCH_SIZE, math.ceil(self.rate * LOOKAHEAD_S)))
+            return WALK_BATCH
+        return max(self.chunk, min(WALK_BATCH, math.ceil(self.rate * LOOKAHEAD_S)))
 
     def schedule(self, endpoint_id: int, n: int, now: float, hold_until: float = 0.0) -> float:
         """When (seconds from now) `n` more deliveries to the endpoint may start."""
@@ -123,7 +127,11 @@ async def walk_bulk_operation(ctx: dict[str, Any], operation_id: int) -> str:
     walk = _Walk(op, _Pacer(rate_per_endpoint()), time.monotonic() + SEGMENT_S)
     try:
         return await _walk(redis, walk)
-    except _Superseded:
+    except Superseded:  # another walker goes on, or a cancel came: the cancel ends the walk
+        # itself, and should it have stopped before doing so, this does
+        cancelled = await BulkOperation.exists(id=op.id, cancelled=True, walked_at=None)
+        if cancelled and await end_walk(redis, op.id, cancelled=True):
+            return "cancelled"
         return "superseded"
 
 
@@ -160,61 +168,46 @@ async def _walk(redis: ArqRedis, walk: _Walk) -> str:
             return "walked"
 
 
-async def _move_cursor(op: BulkOperation, to: int) -> None:
-    """Inside the batch's transaction: the cursor is the walkers' lock — a second walker (or
-    a cancel, which sets `walked_at`) makes this compare-and-set miss."""
-    if not await BulkOperation.filter(id=op.id, cursor=op.cursor, walked_at=None).update(
-            cursor=to):
-        raise _Superseded
+async def _move_cursor(op: BulkOperation, to: int, handed: int, skipped: int) -> None:
+    """Last in the batch's transaction: move the cursor and add to the figures with one
+    compare-and-set (and then in `op`). The cursor is the walkers' lock — a second walker (or
+    a cancel: its first write sets `cancelled`, then `walked_at`) makes it miss, and the
+    whole batch rolls back."""
+    if not await BulkOperation.filter(id=op.id, cursor=op.cursor, walked_at=None,
+                                      cancelled=False).update(
+            cursor=to, handed=op.handed + handed, skipped=op.skipped + skipped):
+        raise Superseded
+    op.cursor, op.handed, op.skipped = to, op.handed + handed, op.skipped + skipped
 
 
-async def _handed_out(redis: ArqRedis, walk: _Walk, cursor: int, handed: int, skipped: int,
-                      created: list[tuple[int, int]], flags: dict[str, str]) -> None:
-    """After a delivering batch committed: figures to the row's truth and the hash, then the
-    deliveries to the bulk lane, paced per endpoint."""
+async def _handed_out(redis: ArqRedis, walk: _Walk, created: list[tuple[int, int]],
+                      flags: dict[str, str], skipped: bool) -> None:
+    """After a delivering batch committed (and `walk.op` holds its figures), in ONE Redis
+    round trip: the figures to the hash, the deliveries to the bulk lane (paced per endpoint,
+    ~BATCH_SIZE per job) and the progress event."""
     op = walk.op
-    op.cursor, op.handed, op.skipped = cursor, op.handed + handed, op.skipped + skipped
-    await redis.hset(progress_key(op.id), mapping={  # type: ignore[misc]
-        "handed": op.handed, "skipped": op.skipped})
-    await _enqueue_paced(redis, walk, created, flags)
-    await publish_events(redis, [_event(op.id, S.RUNNING, {"handed": op.handed,
-                                                          "skipped": op.skipped})])
+    figures = {"handed": op.handed, "skipped": op.skipped}
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(progress_key(op.id), mapping=figures)
+        for command in [*bulk_batch_commands(redis, _paced(walk, created, flags), op.id),
+                        *publish_commands([_event(op.id, S.RUNNING, figures)])]:
+            pipe.execute_command(*command)
+        await pipe.execute()
     if skipped:
         await finish_if_complete(redis, op.id)
-
-
-async def _figures_update(op: BulkOperation, handed: int, skipped: int) -> None:
-    await BulkOperation.filter(id=op.id).update(handed=op.handed + handed,
-                                                skipped=op.skipped + skipped)
 
 
 # --- retry ------------------------------------------------------------------------------------
 
 async def _retry_batch(redis: ArqRedis, walk: _Walk, flags: dict[str, str], limit: int) -> bool:
+    """Up to `limit` entries of the scope in set-based SQL (jobs.operations.bulk_claim)."""
     op = walk.op
-    rows = await select(walk.scope).filter(
+    step = await retry_step(op, select(walk.scope).filter(
         id__gt=op.cursor, updated_at__lte=op.started_at).order_by("id").limit(limit
-        ).values_list("id", "delivery_id", "message_id", "endpoint_id", "retry_count")
-    if not rows:
+        ).values_list("id", flat=True))
+    if step is None:
         return False
-    enabled = dict(await Endpoint.filter(id__in={r[3] for r in rows if r[3]}
-                                         ).values_list("id", "enabled"))
-    wanted = [r for r in rows if r[3] and enabled.get(r[3])]
-    now, token = datetime.now(UTC), str(uuid.uuid4())
-    async with in_transaction() as conn:
-        await _move_cursor(op, rows[-1][0])
-        claimed = await _claim(wanted, op, now)
-        await Delivery.bulk_create([Delivery(
-            message_id=r[2], endpoint_id=r[3], status=DeliveryStatus.QUEUED, retry_of_id=r[1],
-            bulk_operation_id=op.id, claim_token=token,
-            metadata={"__retry_metadata": _retry_meta(r, op.id)}) for r in claimed])
-        created = await Delivery.filter(claim_token=token).values_list(
-            "id", "endpoint_id", "retry_of_id")
-        by_original = {original: d for d, _, original in created}
-        await _link(conn, [(r[0], by_original[r[1]]) for r in claimed])
-        await _figures_update(op, len(claimed), len(rows) - len(claimed))
-    await _handed_out(redis, walk, rows[-1][0], len(claimed), len(rows) - len(claimed),
-                      [(d, e) for d, e, _ in created], flags)
+    await _handed_out(redis, walk, step.created, flags, step.taken > len(step.created))
     return True
 
 
@@ -230,10 +223,10 @@ async def _link(conn: BaseDBAsyncClient, pairs: list[tuple[int, int]]) -> None:
     statement for the batch (ids are integers read from the database)."""
     if not pairs:
         return
-    whens = " ".join(f"WHEN {int(e)} THEN {int(d)}" for e, d in pairs)
+    values = ", ".join(f"({int(e)}, {int(d)})" for e, d in pairs)
     await conn.execute_query(
-        f"UPDATE dead_letter SET last_retry_delivery_id = CASE id {whens} END "
-        f"WHERE id IN ({', '.join(str(int(e)) for e, _ in pairs)})")
+        "UPDATE dead_letter SET last_retry_delivery_id = v.column2 "
+        f"FROM (VALUES {values}) AS v WHERE dead_letter.id = v.column1")
 
 
 async def _claim(wanted: list[tuple[Any, ...]], op: BulkOperation,
@@ -254,18 +247,21 @@ async def _claim(wanted: list[tuple[Any, ...]], op: BulkOperation,
     return [r for r in wanted if r[0] in mine]
 
 
-async def _enqueue_paced(redis: ArqRedis, walk: _Walk, created: list[tuple[int, int]],
-                         flags: dict[str, str]) -> None:
+def _paced(walk: _Walk, created: list[tuple[int, int]],
+           flags: dict[str, str]) -> list[tuple[list[int], float]]:
+    """The deliveries as bulk-lane jobs of up to `chunk` each, per endpoint: (ids, defer s),
+    each endpoint's spread at the rate (and held while it asked to wait)."""
     by_endpoint: dict[int, list[int]] = {}
     for delivery_id, endpoint_id in sorted(created):
         by_endpoint.setdefault(endpoint_id, []).append(delivery_id)
     now, chunk = time.time(), walk.pacer.chunk
+    batches = []
     for endpoint_id, ids in by_endpoint.items():
         hold = float(flags.get(f"hold:{endpoint_id}", 0.0))
         for i in range(0, len(ids), chunk):
             part = ids[i:i + chunk]
-            delay = walk.pacer.schedule(endpoint_id, len(part), now, hold)
-            await enqueue_bulk_batch(redis, part, walk.op.id, defer_s=delay)
+            batches.append((part, walk.pacer.schedule(endpoint_id, len(part), now, hold)))
+    return batches
 
 
 async def _judge_canary(redis: ArqRedis, op: BulkOperation) -> bool:
@@ -315,7 +311,6 @@ async def _resync_batch(redis: ArqRedis, walk: _Walk, flags: dict[str, str], lim
                                                    "retry_count"))}
     now, token = datetime.now(UTC), str(uuid.uuid4())
     async with in_transaction() as conn:
-        await _move_cursor(op, ids[-1])
         handed: list[int] = ids if enabled else []
         linked = {r[2]: r for r in await _claim(list(entries.values()), op, now)} if enabled else {}
         await Delivery.bulk_create([Delivery(
@@ -325,9 +320,9 @@ async def _resync_batch(redis: ArqRedis, walk: _Walk, flags: dict[str, str], lim
         created = await Delivery.filter(claim_token=token).values_list("id", "message_id")
         by_message = {m: d for d, m in created}
         await _link(conn, [(r[0], by_message[m]) for m, r in linked.items()])
-        await _figures_update(op, len(handed), len(ids) - len(handed))
-    await _handed_out(redis, walk, ids[-1], len(handed), len(ids) - len(handed),
-                      [(d, endpoint_id) for d, _ in created], flags)
+        await _move_cursor(op, ids[-1], len(handed), len(ids) - len(handed))
+    await _handed_out(redis, walk, [(d, endpoint_id) for d, _ in created], flags,
+                      len(handed) < len(ids))
     return True
 
 
@@ -353,15 +348,13 @@ async def _dlq_batch(redis: ArqRedis, walk: _Walk, flags: dict[str, str], limit:
         return False
     now = datetime.now(UTC)
     async with in_transaction():
-        await _move_cursor(op, ids[-1])
         acting = DeadLetter.filter(id__in=ids, status__in=scope.status or [],
                                    updated_at__lte=op.started_at)
         if op.kind == BulkKind.ARCHIVE:
             done = await acting.update(status=DeadLetterStatus.ARCHIVED, updated_at=now)
         else:
             done = await acting.delete()
-        await _figures_update(op, done, len(ids) - done)
-    op.cursor, op.handed, op.skipped = ids[-1], op.handed + done, op.skipped + len(ids) - done
+        await _move_cursor(op, ids[-1], done, len(ids) - done)
     key = progress_key(op.id)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hset(key, mapping={"handed": op.handed, "skipped": op.skipped})

@@ -15,19 +15,18 @@ from typing import Any, TypedDict
 from arq.connections import ArqRedis
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
-from tortoise.expressions import F
+from tortoise import connections
 from tortoise.transactions import in_transaction
 
 from jobs import audit
 from jobs.errors import (AlreadyInFlightError, ConfigurationGoneError, ConflictError,
-                         NotFoundError, NotRetryableError, ValidationError)
+                         NotFoundError, NotRetryableError, OperationError, ValidationError)
+from jobs.events import publish_commands
 from jobs.guard import DestinationBlockedError, check_url
-from jobs.events import publish_events
-from jobs.queue import enqueue_delivery
+from jobs.queue import delivery_command
+from models.config import get_settings
 from models.dead_letters import DeadLetter
 from models.deliveries import Delivery
-from models.endpoints import Endpoint
-from models.config import get_settings
 from models.enums import DeadLetterStatus, DeliveryStatus
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP header name (RFC 9110 token)
@@ -124,66 +123,120 @@ async def retry_dead_letter(entry_id: int, actor: str, *, redis: ArqRedis, sandb
                               "payload (send \"sandbox\": true)", {"fields": [
                                   {"field": "overrides", "rule": "sandbox_only",
                                    "message": "only with sandbox: true"}]})
-    entry = await DeadLetter.get_or_none(id=entry_id)
-    if entry is None:
-        raise NotFoundError(f"DLQ entry {entry_id} does not exist")
     if sandbox:
+        entry = await DeadLetter.get_or_none(id=entry_id).select_related("endpoint")
+        if entry is None:
+            raise NotFoundError(f"DLQ entry {entry_id} does not exist")
         return await _sandbox_retry(entry, actor, changes, redis=redis)
     try:
-        return await _retry(entry, actor, redis=redis)
+        return await _retry(entry_id, actor, redis=redis)
     except ConflictError as exc:  # refused clicks are audited too: who tried, and why not
         await audit.record(actor, "dlq.retry_refused", "dead_letter", entry_id, code=exc.code,
                            message=exc.message)
         raise
 
 
-async def _retry(entry: DeadLetter, actor: str, *, redis: ArqRedis) -> RetryResult:
-    entry_id = entry.id
+async def _retry(entry_id: int, actor: str, *, redis: ArqRedis) -> RetryResult:
+    """Claim first (compare-and-set: of concurrent clicks exactly one wins), read only when
+    refused, to say why. The claim, the new delivery, the entry's link to it and the audit
+    row are one statement on PostgreSQL (one transaction on SQLite)."""
+    created = await _claim_and_create(entry_id, actor)
+    if created is None:
+        raise await _refusal(entry_id)
+    delivery_id, original_id = created
+    await _hand_over(redis, delivery_id, [
+        {"type": "dlq.changed", "id": entry_id, "status": DeadLetterStatus.RETRYING.value},
+        {"type": "delivery.updated", "id": delivery_id, "status": DeliveryStatus.QUEUED.value}])
+    return RetryResult(dead_letter_id=entry_id, original_delivery_id=original_id,
+                       delivery_id=delivery_id, status=DeliveryStatus.QUEUED.value, sandbox=False)
+
+
+async def _refusal(entry_id: int) -> OperationError:
+    """Why the claim of `entry_id` missed (the entry as it is now)."""
+    entry = await DeadLetter.get_or_none(id=entry_id)
+    if entry is None:
+        return NotFoundError(f"DLQ entry {entry_id} does not exist")
     if entry.status == DeadLetterStatus.RETRYING:
-        raise AlreadyInFlightError(f"A retry of DLQ entry {entry_id} is already in flight")
+        return AlreadyInFlightError(f"A retry of DLQ entry {entry_id} is already in flight")
     if entry.status != DeadLetterStatus.ACTIVE:
-        raise NotRetryableError(
+        return NotRetryableError(
             f"DLQ entry {entry_id} is {entry.status.value}; only active entries can be retried")
-    endpoint_id = entry.endpoint_id  # type: ignore[attr-defined]
-    endpoint = await Endpoint.get_or_none(id=endpoint_id) if endpoint_id else None
-    if endpoint is None:
-        raise ConfigurationGoneError(
+    if entry.endpoint_id is None:  # type: ignore[attr-defined]
+        return ConfigurationGoneError(
             f"DLQ entry {entry_id}: the original configuration could not be found "
             "(its endpoint was deleted)")
+    # active with an endpoint: a concurrent retry finished (or was cancelled) meanwhile
+    return AlreadyInFlightError(f"A retry of DLQ entry {entry_id} is already in flight")
 
-    original_id: int = entry.delivery_id  # type: ignore[attr-defined]
-    async with in_transaction():
-        # Compare-and-set: of two concurrent clicks exactly one sees a row count of 1.
-        claimed = await DeadLetter.filter(id=entry_id, status=DeadLetterStatus.ACTIVE).update(
-            status=DeadLetterStatus.RETRYING, retry_count=F("retry_count") + 1,
-            updated_at=datetime.now(UTC))
-        if not claimed:
-            raise AlreadyInFlightError(f"A retry of DLQ entry {entry_id} is already in flight")
+
+#: PostgreSQL, ONE statement (atomic without a transaction): claim the entry (active, its
+#: endpoint still there) linking it to a delivery id drawn from the sequence, create that
+#: delivery, write the audit row. Nothing when the claim misses.
+_PG_RETRY = """
+WITH claimed AS (
+    UPDATE dead_letter SET status = $2, retry_count = retry_count + 1, updated_at = $3,
+           last_retry_delivery_id = nextval(pg_get_serial_sequence('delivery', 'id'))
+    WHERE id = $1 AND status = $4 AND endpoint_id IS NOT NULL
+    RETURNING id, last_retry_delivery_id, delivery_id, message_id, endpoint_id, retry_count
+), created AS (
+    INSERT INTO delivery (id, message_id, endpoint_id, status, attempts, retry_of_id, metadata,
+                          created_at, updated_at)
+    SELECT last_retry_delivery_id, message_id, endpoint_id, $5, 0, delivery_id,
+           jsonb_build_object('__retry_metadata', jsonb_build_object(
+               'original_delivery_id', delivery_id, 'dead_letter_id', id,
+               'retry_count', retry_count, 'sandbox', false)),
+           $3, $3
+    FROM claimed
+    RETURNING id, retry_of_id
+), audited AS (
+    INSERT INTO audit_log (actor, action, target_type, target_id, details, created_at)
+    SELECT $6, 'dlq.retry', 'dead_letter', $7, jsonb_build_object(
+               'original_delivery_id', retry_of_id, 'new_delivery_id', id), $3
+    FROM created
+)
+SELECT id, retry_of_id FROM created
+"""
+#: SQLite (no data-modifying CTE): the claim, then the rest in the same transaction
+_SQLITE_CLAIM = """
+UPDATE dead_letter SET status = ?, retry_count = retry_count + 1, updated_at = ?
+WHERE id = ? AND status = ? AND endpoint_id IS NOT NULL
+RETURNING delivery_id, message_id, endpoint_id, retry_count
+"""
+
+
+async def _claim_and_create(entry_id: int, actor: str) -> tuple[int, int] | None:
+    """(new delivery id, original delivery id), or None when the claim missed."""
+    now = datetime.now(UTC)
+    retrying, active = DeadLetterStatus.RETRYING.value, DeadLetterStatus.ACTIVE.value
+    queued = DeliveryStatus.QUEUED.value
+    conn = connections.get("default")
+    if conn.capabilities.dialect == "postgres":
+        rows = await conn.execute_query_dict(_PG_RETRY, [
+            entry_id, retrying, now, active, queued, actor, str(entry_id)])
+        return (int(rows[0]["id"]), int(rows[0]["retry_of_id"])) if rows else None
+    async with in_transaction() as tx:
+        rows = await tx.execute_query_dict(_SQLITE_CLAIM, [retrying, now, entry_id, active])
+        if not rows:
+            return None
+        entry = rows[0]
+        original_id = int(entry["delivery_id"])
         delivery = await Delivery.create(
-            message_id=entry.message_id,  # type: ignore[attr-defined]
-            endpoint=endpoint, status=DeliveryStatus.QUEUED, retry_of_id=original_id,
+            message_id=entry["message_id"], endpoint_id=entry["endpoint_id"],
+            status=DeliveryStatus.QUEUED, retry_of_id=original_id,
             metadata={"__retry_metadata": {"original_delivery_id": original_id,
                                            "dead_letter_id": entry_id,
-                                           "retry_count": entry.retry_count + 1,
-                                           "sandbox": False}},
-        )
+                                           "retry_count": entry["retry_count"],
+                                           "sandbox": False}})
         await DeadLetter.filter(id=entry_id).update(last_retry_delivery_id=delivery.id)
         await audit.record(actor, "dlq.retry", "dead_letter", entry_id,
                            original_delivery_id=original_id, new_delivery_id=delivery.id)
-    await enqueue_delivery(redis, delivery.id)
-    await publish_events(redis, [
-        {"type": "dlq.changed", "id": entry_id, "status": DeadLetterStatus.RETRYING.value},
-        {"type": "delivery.updated", "id": delivery.id, "status": DeliveryStatus.QUEUED.value},
-    ])
-    return RetryResult(dead_letter_id=entry_id, original_delivery_id=original_id,
-                       delivery_id=delivery.id, status=DeliveryStatus.QUEUED.value, sandbox=False)
+    return delivery.id, original_id
 
 
 async def _sandbox_retry(entry: DeadLetter, actor: str, overrides: RetryOverrides, *,
                          redis: ArqRedis) -> RetryResult:
     target = _sandbox_target(overrides)
-    endpoint_id = entry.endpoint_id  # type: ignore[attr-defined]
-    endpoint = await Endpoint.get_or_none(id=endpoint_id) if endpoint_id else None
+    endpoint = entry.endpoint  # loaded with the entry
     if endpoint is None:  # its secret signs the request
         raise ConfigurationGoneError(
             f"DLQ entry {entry.id}: the original configuration could not be found "
@@ -202,8 +255,15 @@ async def _sandbox_retry(entry: DeadLetter, actor: str, overrides: RetryOverride
                            original_delivery_id=original_id, new_delivery_id=delivery.id,
                            url=target, header_names=sorted(overrides.headers),
                            payload_fields=sorted(overrides.payload or {}))
-    await enqueue_delivery(redis, delivery.id)
-    await publish_events(redis, [
+    await _hand_over(redis, delivery.id, [
         {"type": "delivery.updated", "id": delivery.id, "status": DeliveryStatus.QUEUED.value}])
     return RetryResult(dead_letter_id=entry.id, original_delivery_id=original_id,
                        delivery_id=delivery.id, status=DeliveryStatus.QUEUED.value, sandbox=True)
+
+
+async def _hand_over(redis: ArqRedis, delivery_id: int, events: list[dict[str, Any]]) -> None:
+    """Enqueue the delivery's first try and publish `events`, in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for command in [delivery_command(redis, delivery_id), *publish_commands(events)]:
+            pipe.execute_command(*command)
+        await pipe.execute()

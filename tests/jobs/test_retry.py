@@ -125,3 +125,46 @@ async def test_fifty_concurrent_rest_clicks_make_one_delivery_and_every_click_is
     refused = await AuditLog.filter(action="dlq.retry_refused")
     assert len(refused) == 49 and {r.details["code"] for r in refused} == {"already_in_flight"}
     assert (await DeadLetter.get(id=entry.id)).retry_count == 1
+
+
+async def test_retry_links_the_entry_and_enqueues_one_deliver_job_for_the_first_try(
+        db, redis, receiver):
+    from jobs.queue import queue_name
+
+    entry = await make_dead_letter(await make_endpoint(receiver.url("/ok")))
+
+    result = await retry_dead_letter(entry.id, "alice", redis=redis)
+
+    refreshed = await DeadLetter.get(id=entry.id)
+    assert refreshed.last_retry_delivery_id == result["delivery_id"]  # type: ignore[attr-defined]
+    [job] = await redis.queued_jobs(queue_name=queue_name())
+    assert (job.function, job.args, job.job_try) == ("deliver", (result["delivery_id"],), None)
+    assert await redis.exists(f"arq:job:{result['delivery_id']}:1")
+
+
+async def test_enqueueing_the_same_try_again_is_a_no_op(db, redis):
+    from jobs.queue import delivery_command, queue_name
+
+    for expected in (1, 0):
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.execute_command(*delivery_command(redis, 41, attempt=2))
+            [added] = await pipe.execute()
+        assert added == expected
+
+    assert await redis.zrange(queue_name(), 0, -1) == [b"41:2"]
+
+
+async def test_a_refused_retry_changes_nothing_and_is_audited_once(db, redis, receiver):
+    endpoint = await make_endpoint(receiver.url("/ok"))
+    entry = await make_dead_letter(endpoint)
+    await endpoint.delete()
+
+    with pytest.raises(ConfigurationGoneError):
+        await retry_dead_letter(entry.id, "alice", redis=redis)
+
+    after = await DeadLetter.get(id=entry.id)
+    assert (after.status, after.retry_count, after.last_retry_delivery_id) == (  # type: ignore[attr-defined]
+        DeadLetterStatus.ACTIVE, 0, None)
+    assert await Delivery.all().count() == 1
+    assert [(a.action, a.details["code"]) for a in await AuditLog.all()] == [
+        ("dlq.retry_refused", "configuration_gone")]
