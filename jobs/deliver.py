@@ -16,7 +16,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-
 from jobs.attempt import (ATTEMPT_DEADLINE_S, AttemptResult, DirectPoster, no_attempt, post_once,
                           webhook_body)
 from jobs.http import make_poster
