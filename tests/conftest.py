@@ -158,3 +158,21 @@ async def run_worker(redis, db) -> AsyncIterator:
     yield run
     for client in clients:
         await client.aclose()
+
+
+@pytest.fixture
+def unpaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bulk work unpaced (OBSERVATORY_BULK_RATE_PER_ENDPOINT=0): tests of the bulk lane use it
+    with `pytestmark = pytest.mark.usefixtures("unpaced")`."""
+    monkeypatch.setenv("OBSERVATORY_BULK_RATE_PER_ENDPOINT", "0")
+
+
+@pytest.fixture
+def run_bulk(run_worker):
+    """`await run_bulk()`: a burst worker on the bulk lane (walkers and their deliveries)."""
+    from jobs.worker import BulkWorkerSettings
+
+    async def run():
+        return await run_worker(functions=BulkWorkerSettings.functions,
+                                queue_name=BulkWorkerSettings.queue_name)
+    return run

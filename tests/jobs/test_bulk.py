@@ -11,7 +11,6 @@ import pytest
 from jobs.operations import bulk
 from jobs.operations.bulk import Canary, NothingToRetryError
 from jobs.queue import bulk_queue_name, queue_name
-from jobs.worker import BulkWorkerSettings
 from models.audit import AuditLog
 from models.bulk import BulkOperation
 from models.config import get_settings
@@ -23,18 +22,7 @@ from tests.factories import make_dead_letter, make_endpoint
 from tests.receiver import Reply
 
 
-@pytest.fixture(autouse=True)
-def unpaced(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OBSERVATORY_BULK_RATE_PER_ENDPOINT", "0")
-
-
-@pytest.fixture
-def run_bulk(run_worker):
-    """A burst worker on the bulk lane (walkers and their deliveries)."""
-    async def run():
-        return await run_worker(functions=BulkWorkerSettings.functions,
-                                queue_name=BulkWorkerSettings.queue_name)
-    return run
+pytestmark = pytest.mark.usefixtures("unpaced")  # see tests/conftest.py
 
 
 async def _entries(receiver, n: int, path: str = "/ok", **endpoint_fields):

@@ -13,7 +13,6 @@ from jobs.operations import bulk
 from jobs.operations.bulk import NothingToArchiveError, NothingToDeleteError
 from jobs.operations.resync import (EndpointDisabledError, NothingToResyncError, preview_resync,
                                     start_resync)
-from jobs.worker import BulkWorkerSettings
 from models.audit import AuditLog
 from models.bulk import BulkOperation
 from models.dead_letters import DeadLetter
@@ -28,17 +27,7 @@ from tests.receiver import Reply
 A = DeadLetterStatus
 
 
-@pytest.fixture(autouse=True)
-def unpaced(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OBSERVATORY_BULK_RATE_PER_ENDPOINT", "0")
-
-
-@pytest.fixture
-def run_bulk(run_worker):
-    async def run():
-        return await run_worker(functions=BulkWorkerSettings.functions,
-                                queue_name=BulkWorkerSettings.queue_name)
-    return run
+pytestmark = pytest.mark.usefixtures("unpaced")  # see tests/conftest.py
 
 
 async def _message(endpoint: Endpoint, *, deliveries: int = 1, age_days: float = 0,

@@ -13,7 +13,6 @@ import pytest
 
 from jobs.operations import bulk, bulk_walk
 from jobs.queue import BATCH_SIZE, bulk_queue_name
-from jobs.worker import BulkWorkerSettings
 from models.bulk import BulkOperation
 from models.config import get_settings
 from models.dead_letters import DeadLetter
@@ -24,17 +23,7 @@ from models.enums import BulkState, DeadLetterStatus, DeliveryStatus
 from tests.factories import make_endpoint
 
 
-@pytest.fixture(autouse=True)
-def unpaced(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OBSERVATORY_BULK_RATE_PER_ENDPOINT", "0")
-
-
-@pytest.fixture
-def run_bulk(run_worker):
-    async def run():
-        return await run_worker(functions=BulkWorkerSettings.functions,
-                                queue_name=BulkWorkerSettings.queue_name)
-    return run
+pytestmark = pytest.mark.usefixtures("unpaced")  # see tests/conftest.py
 
 
 async def _many(endpoint: Endpoint, n: int) -> list[int]:

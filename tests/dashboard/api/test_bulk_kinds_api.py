@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.worker import BulkWorkerSettings
 from models.audit import AuditLog
 from models.bulk import BulkOperation
 from models.dead_letters import DeadLetter
@@ -16,17 +15,7 @@ from tests.dashboard.api.conftest import auth
 from tests.factories import make_dead_letter, make_endpoint
 
 
-@pytest.fixture(autouse=True)
-def unpaced(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OBSERVATORY_BULK_RATE_PER_ENDPOINT", "0")
-
-
-@pytest.fixture
-def run_bulk(run_worker):
-    async def run():
-        return await run_worker(functions=BulkWorkerSettings.functions,
-                                queue_name=BulkWorkerSettings.queue_name)
-    return run
+pytestmark = pytest.mark.usefixtures("unpaced")  # see tests/conftest.py
 
 
 async def _received(endpoint: Endpoint, n: int) -> list[Message]:

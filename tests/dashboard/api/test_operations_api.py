@@ -17,9 +17,7 @@ OPERATION_FIELDS = {"id", "kind", "state", "total", "completed", "succeeded", "f
                     "finished_at", "eta_s", "halted_reason", "canary"}
 
 
-@pytest.fixture(autouse=True)
-def unpaced(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OBSERVATORY_BULK_RATE_PER_ENDPOINT", "0")
+pytestmark = pytest.mark.usefixtures("unpaced")  # see tests/conftest.py
 
 
 async def _dlq(receiver, n: int) -> tuple[int, list[DeadLetter]]:

@@ -20,9 +20,7 @@ from tests.factories import make_dead_letter, make_endpoint
 A = DeadLetterStatus
 
 
-@pytest.fixture(autouse=True)
-def unpaced(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OBSERVATORY_BULK_RATE_PER_ENDPOINT", "0")
+pytestmark = pytest.mark.usefixtures("unpaced")  # see tests/conftest.py
 
 
 async def _statuses() -> set[DeadLetterStatus]:
