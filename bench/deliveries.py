@@ -29,6 +29,26 @@ from jobs.embedded_redis import EmbeddedRedis, free_port
 
 PAYLOAD = {"blob": "x" * 900, "kind": "bench"}  # ~1 KB JSON body with the envelope
 CONCURRENCY = 64
+RECEIVER: psutil.Process | None = None  # the sink's process, set by main()
+
+
+class _Usage:
+    """CPU spent from here on: the receiver's per delivery, and the whole machine's busy share
+    (the 2 cores are shared by the worker, the receiver, PostgreSQL and Redis)."""
+
+    def __init__(self) -> None:
+        self.receiver = RECEIVER.cpu_times() if RECEIVER else None
+        self.machine = psutil.cpu_times()
+
+    def report(self, deliveries: int) -> str:
+        now = psutil.cpu_times()
+        idle = (now.idle + now.iowait) - (self.machine.idle + self.machine.iowait)
+        total = sum(now) - sum(self.machine)
+        text = f"machine busy {100 * (1 - idle / total):.0f}%"
+        if RECEIVER and self.receiver:
+            spent = sum(RECEIVER.cpu_times()[:2]) - sum(self.receiver[:2])
+            text += f", receiver {spent / deliveries * 1e6:,.0f} µs CPU per delivery"
+        return text
 
 
 def _env(args: argparse.Namespace, tmp: Path, redis_url: str) -> dict[str, str]:
@@ -38,8 +58,8 @@ def _env(args: argparse.Namespace, tmp: Path, redis_url: str) -> dict[str, str]:
             "OBSERVATORY_DESTINATION_ALLOWLIST": "127.0.0.0/8"}
 
 
-async def _raw_loop(n: int, url: str, make_post) -> tuple[float, float]:
-    """Deliveries/s, and this process's CPU time per delivery (µs)."""
+async def _raw_loop(n: int, url: str, make_post) -> tuple[float, float, str]:
+    """Deliveries/s, this process's CPU time per delivery (µs), and the machine's usage."""
     body = json.dumps(PAYLOAD).encode()
     sem = asyncio.Semaphore(CONCURRENCY)
 
@@ -48,9 +68,10 @@ async def _raw_loop(n: int, url: str, make_post) -> tuple[float, float]:
             await post(url, body)
 
     async with make_post() as post:
-        t0, cpu0 = time.perf_counter(), time.process_time()
+        t0, cpu0, usage = time.perf_counter(), time.process_time(), _Usage()
         await asyncio.gather(*(one(post) for _ in range(n)))
-        return n / (time.perf_counter() - t0), (time.process_time() - cpu0) / n * 1e6
+        return (n / (time.perf_counter() - t0), (time.process_time() - cpu0) / n * 1e6,
+                usage.report(n))
 
 
 class _Engine:
@@ -139,15 +160,16 @@ def _cpu_s(procs: list[psutil.Process]) -> float:
     return total
 
 
-async def _wait_done(total: int, workers: list[subprocess.Popen[bytes]]) -> tuple[int, float]:
-    """Peak RSS of the workers, and their CPU time (user + system) per delivery in µs, counted
-    from the first finished delivery (start-up excluded) to the last."""
+async def _wait_done(total: int, workers: list[subprocess.Popen[bytes]]
+                     ) -> tuple[int, float, str]:
+    """Peak RSS of the workers, their CPU time (user + system) per delivery in µs, and the
+    machine's usage, counted from the first finished delivery (start-up excluded) to the last."""
     from models.deliveries import Delivery
     from models.enums import DeliveryStatus
 
     procs = [psutil.Process(w.pid) for w in workers]
     peak = 0
-    first: tuple[int, float] | None = None
+    first: tuple[int, float, _Usage] | None = None
     while True:
         for proc in procs:
             try:
@@ -157,12 +179,13 @@ async def _wait_done(total: int, workers: list[subprocess.Popen[bytes]]) -> tupl
         done = await Delivery.filter(status__in=[DeliveryStatus.SUCCEEDED,
                                                  DeliveryStatus.FAILED]).count()
         if first is None and done:
-            first = (done, _cpu_s(procs))
+            first = (done, _cpu_s(procs), _Usage())
         if done >= total:
             assert first is not None
             if done == first[0]:
-                return peak, float("nan")
-            return peak, (_cpu_s(procs) - first[1]) / (done - first[0]) * 1e6
+                return peak, float("nan"), ""
+            return (peak, (_cpu_s(procs) - first[1]) / (done - first[0]) * 1e6,
+                    first[2].report(done - first[0]))
         await asyncio.sleep(0.1)
 
 
@@ -211,7 +234,7 @@ async def run(args: argparse.Namespace, base_url: str) -> None:
     workers = _start_workers(args.workers, os.environ.copy())
     try:
         slow = args.isolation and not args.all_healthy
-        peak, cpu_us = await _wait_done(total - args.n if slow else total, workers)
+        peak, cpu_us, usage = await _wait_done(total - args.n if slow else total, workers)
     finally:
         for worker in workers:
             worker.terminate()
@@ -229,13 +252,13 @@ async def run(args: argparse.Namespace, base_url: str) -> None:
           f"{engine:,.0f} deliveries/s")
     print(f"worker peak RSS: {peak / 2**20:,.0f} MB")
     # CPU per delivery hardly depends on what else the machine runs (throughput does)
-    print(f"worker CPU per delivery: {cpu_us:,.0f} µs")
+    print(f"worker CPU per delivery: {cpu_us:,.0f} µs ({usage})")
     if not args.isolation:
-        same, same_cpu = await _raw_loop(args.n, urls[0], _Poster)
-        httpx_loop, _ = await _raw_loop(args.n, urls[0], _Engine)
-        plain, _ = await _raw_loop(args.n, urls[0], _Aiohttp)
+        same, same_cpu, same_usage = await _raw_loop(args.n, urls[0], _Poster)
+        httpx_loop, _, _ = await _raw_loop(args.n, urls[0], _Engine)
+        plain, _, _ = await _raw_loop(args.n, urls[0], _Aiohttp)
         print(f"raw loop, engine's hot-path client (guarded aiohttp session): {same:,.0f} deliveries/s,"
-              f" {same_cpu:,.0f} µs CPU per delivery")
+              f" {same_cpu:,.0f} µs CPU per delivery ({same_usage})")
         print(f"raw loop, httpx over aiohttp (the engine's general client): {httpx_loop:,.0f} deliveries/s")
         print(f"raw loop, plain aiohttp: {plain:,.0f} deliveries/s")
         print(f"engine / same-transport raw loop (target >= 0.8): {engine / same:.2f}")
@@ -260,6 +283,8 @@ def main() -> None:
     redis = EmbeddedRedis(tmp / "redis").start()
     port = free_port()
     sink = subprocess.Popen([sys.executable, "-m", "bench.receiver", "--port", str(port)])
+    global RECEIVER
+    RECEIVER = psutil.Process(sink.pid)
     os.environ.update(_env(args, tmp, redis.url + "/0"))
     try:
         if args.database_url.startswith("postgres"):

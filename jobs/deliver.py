@@ -27,7 +27,7 @@ from jobs.metrics import DeliveryMetrics
 from jobs.signing import signing_secrets, signature_headers
 from jobs.tracing import attempt_span
 from models.deliveries import Delivery
-from models.delivery_batches import ClaimedDelivery, claim_deliveries
+from models.delivery_batches import ClaimedDelivery, claim_deliveries, load_endpoints
 from models.endpoints import Endpoint
 from models.enums import DeliveryStatus
 
@@ -51,8 +51,7 @@ async def claim(delivery_ids: list[int], agent_id: str | None = None) -> list[Cl
                                         datetime.now(UTC))
     # a batch usually targets a few endpoints: load each once and share it (building one
     # Endpoint per delivery was a tenth of the worker's time under load)
-    ids = {d.endpoint_id for d in deliveries} - {None}
-    endpoints = {e.id: e for e in await Endpoint.filter(id__in=ids)} if ids else {}
+    endpoints = await load_endpoints({d.endpoint_id for d in deliveries} - {None})
     for delivery in deliveries:
         delivery.endpoint = endpoints.get(delivery.endpoint_id)
     return deliveries

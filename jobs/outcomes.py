@@ -22,7 +22,7 @@ from jobs.queue import enqueue_delivery
 from jobs.tracing import NOOP_SPAN, NoopAttemptSpan
 from models.dead_letters import DeadLetter
 from models.deliveries import Attempt, Delivery
-from models.delivery_batches import insert_attempts, mark_succeeded
+from models.delivery_batches import record_attempts
 from models.endpoints import Endpoint
 from models.enums import DeadLetterStatus, DeliveryStatus
 
@@ -85,11 +85,6 @@ async def record_outcomes(ctx: dict[str, Any], finished: list[Finished]) -> dict
     if not finished:
         return {}
     now = datetime.now(UTC)
-    await insert_attempts([
-        (f.delivery.id, f.delivery.attempts, f.result.started_at, f.result.duration_ms,
-         f.result.status_code, f.result.outcome.kind, f.result.outcome.reason,
-         f.result.error_message, f.result.excerpt)
-        for f in finished if f.attempted])
     lines: list[str] = []  # the JSON log line of each attempt, written together
     events: list[dict[str, Any]] = []
     counts: dict[str, int] = defaultdict(int)
@@ -97,8 +92,11 @@ async def record_outcomes(ctx: dict[str, Any], finished: list[Finished]) -> dict
     by_code: dict[int | None, list[int]] = defaultdict(list)
     for f in succeeded:
         by_code[f.result.status_code].append(f.delivery.id)
-    for code, ids in by_code.items():  # usually one statement: every receiver said 200
-        await mark_succeeded(ids, code, now)
+    await record_attempts([
+        (f.delivery.id, f.delivery.attempts, f.result.started_at, f.result.duration_ms,
+         f.result.status_code, f.result.outcome.kind, f.result.outcome.reason,
+         f.result.error_message, f.result.excerpt)
+        for f in finished if f.attempted], by_code, now)
     if succeeded:
         if resolved := [i for f in succeeded if (i := _dlq_id(f.delivery))]:
             await DeadLetter.filter(id__in=resolved, status=DeadLetterStatus.RETRYING).update(

@@ -3,7 +3,10 @@
 The hot path of the engine runs these once per batch of deliveries. They bypass the ORM's
 model building (measured here, building and loading tortoise models was a third of a worker's
 time under load) but write exactly the rows and values the models describe, on SQLite and on
-PostgreSQL. Rows come back as small plain objects (`ClaimedDelivery`, `ClaimedMessage`) with the
+PostgreSQL. On PostgreSQL a batch costs two statements, sent straight to the pooled asyncpg
+connection: the claim (the compare-and-set UPDATE joined to the messages in one CTE) and the
+record (the Attempt rows as arrays through `unnest`, and the successes, in one CTE); measured
+here that is a third of the CPU of the tortoise query path with one statement per step. Rows come back as small plain objects (`ClaimedDelivery`, `ClaimedMessage`) with the
 attribute names of `Delivery` and `Message`, so the rest of the engine treats both alike.
 """
 
@@ -59,6 +62,13 @@ def _db() -> BaseDBAsyncClient:
     return connections.get("default")
 
 
+async def _pg_fetch(db: BaseDBAsyncClient, sql: str, *args: Any) -> list[Any]:
+    """asyncpg records of one statement on the client's connection (the current transaction's
+    inside `in_transaction`), without tortoise's per-query wrapping and dict building."""
+    async with db.acquire_connection() as connection:
+        return await connection.fetch(sql, *args)
+
+
 def _postgres(db: BaseDBAsyncClient) -> bool:
     return db.capabilities.dialect == "postgres"
 
@@ -95,6 +105,8 @@ async def claim_deliveries(ids: Sequence[int], token: str, agent_id: str | None,
     A delivery handed to two batches is taken by exactly one of them.
     """
     db = _db()
+    if _postgres(db):
+        return await _claim_postgres(db, ids, token, agent_id, now)
     head = _marks(db, 6)
     where, id_values = _ids_clause(db, ids, 7)
     rows = await db.execute_query_dict(
@@ -115,6 +127,45 @@ async def claim_deliveries(ids: Sequence[int], token: str, agent_id: str | None,
     return claimed
 
 
+_PG_CLAIM = (
+    "WITH claimed AS (UPDATE delivery SET status = $1, attempts = attempts + 1, claim_token = $2,"
+    " claimed_by = $3, updated_at = $4 WHERE status IN ($5, $6) AND id = ANY($7::int[])"
+    " RETURNING id, message_id, endpoint_id, attempts, metadata, bulk_operation_id)"
+    " SELECT c.id, c.endpoint_id, c.attempts, c.metadata::text AS metadata, c.bulk_operation_id,"
+    " m.id AS message_id, m.event_type, m.payload::text AS payload, m.created_at"
+    " FROM claimed c JOIN message m ON m.id = c.message_id ORDER BY c.id")
+
+
+async def _claim_postgres(db: BaseDBAsyncClient, ids: Sequence[int], token: str,
+                          agent_id: str | None, now: datetime) -> list[ClaimedDelivery]:
+    rows = await _pg_fetch(db, _PG_CLAIM, DeliveryStatus.RUNNING.value, token, agent_id, now,
+                           DeliveryStatus.QUEUED.value, DeliveryStatus.RETRYING.value, list(ids))
+    messages: dict[int, ClaimedMessage] = {}  # deliveries of one message share it
+    claimed = []
+    for r in rows:
+        if (message := messages.get(r["message_id"])) is None:
+            message = messages[r["message_id"]] = ClaimedMessage(
+                r["message_id"], r["event_type"], r["payload"], r["created_at"])
+        claimed.append(ClaimedDelivery(
+            id=r["id"], attempts=r["attempts"], message=message, endpoint_id=r["endpoint_id"],
+            bulk_operation_id=r["bulk_operation_id"], metadata=_as_json(r["metadata"])))
+    return claimed
+
+
+async def load_endpoints(ids: set[int]) -> dict[int, Any]:
+    """The batch's endpoints (models.endpoints.Endpoint) by id: built straight from one raw
+    row each on PostgreSQL (the ORM's query building cost more than the query)."""
+    from models.endpoints import Endpoint
+
+    if not ids:
+        return {}
+    db = _db()
+    if not _postgres(db):
+        return {e.id: e for e in await Endpoint.filter(id__in=ids)}
+    rows = await _pg_fetch(db, "SELECT * FROM endpoint WHERE id = ANY($1::int[])", list(ids))
+    return {r["id"]: Endpoint._init_from_db(**dict(r)) for r in rows}
+
+
 async def _messages(db: BaseDBAsyncClient, ids: set[int]) -> dict[int, ClaimedMessage]:
     where, values = _ids_clause(db, sorted(ids), 1)
     payload = "payload::text" if _postgres(db) else "payload"
@@ -123,6 +174,34 @@ async def _messages(db: BaseDBAsyncClient, ids: set[int]) -> dict[int, ClaimedMe
         values)
     return {r["id"]: ClaimedMessage(r["id"], r["event_type"], r["payload"],
                                     _as_datetime(r["created_at"])) for r in rows}
+
+
+_PG_ATTEMPT_ARRAYS = ("$1::int[], $2::int[], $3::timestamptz[], $4::float8[], $5::int[],"
+                      " $6::varchar[], $7::varchar[], $8::text[], $9::text[]")
+_PG_INSERT_ATTEMPTS = (f"INSERT INTO attempt ({', '.join(_ATTEMPT_COLUMNS)})"
+                       f" SELECT * FROM unnest({_PG_ATTEMPT_ARRAYS})")
+_PG_SUCCEEDED = ("UPDATE delivery SET status = $10, finished_at = $11, updated_at = $11,"
+                 " last_error = NULL, last_status_code = $12 WHERE id = ANY($13::int[])")
+
+
+async def record_attempts(rows: Sequence[AttemptRow], succeeded: dict[int | None, list[int]],
+                          now: datetime) -> None:
+    """Write a batch of Attempt rows and mark the deliveries that succeeded (`succeeded`:
+    delivery ids by the status code they got), in one statement on PostgreSQL when every
+    success got the same code (the usual case: every receiver said 200)."""
+    db = _db()
+    if not _postgres(db) or not rows or len(succeeded) > 1:
+        await insert_attempts(rows)
+        for code, ids in succeeded.items():
+            await mark_succeeded(ids, code, now)
+        return
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    if not succeeded:
+        await _pg_fetch(db, _PG_INSERT_ATTEMPTS, *columns)
+        return
+    [(code, ids)] = succeeded.items()
+    await _pg_fetch(db, f"WITH attempts AS ({_PG_INSERT_ATTEMPTS}) {_PG_SUCCEEDED}", *columns,
+                    DeliveryStatus.SUCCEEDED.value, now, code, list(ids))
 
 
 async def insert_attempts(rows: Sequence[AttemptRow]) -> None:

@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 from jobs.attempt import webhook_body
 from models.deliveries import Attempt, Delivery, Message
-from models.delivery_batches import claim_deliveries, insert_attempts, mark_succeeded
+from models.delivery_batches import (claim_deliveries, insert_attempts, load_endpoints,
+                                     mark_succeeded, record_attempts)
 from models.endpoints import Application, Endpoint
 from models.enums import DeliveryStatus
 
@@ -90,3 +91,76 @@ async def test_attempts_and_successes_read_back_through_the_models(db):
     assert (done.status, done.finished_at, done.last_status_code, done.last_error) == (
         DeliveryStatus.SUCCEEDED, finished, 204, None)
     assert (await Delivery.get(id=ids[1])).status == DeliveryStatus.RUNNING
+
+
+async def test_two_deliveries_of_one_message_are_claimed_with_it(db):
+    [first] = await _deliveries(1)
+    other = await Endpoint.create(app_id=first.message.app_id, url="http://127.0.0.1:9/y",  # type: ignore[attr-defined]
+                                  secret="whsec_BBBB")
+    second = await Delivery.create(message_id=first.message_id, endpoint=other)  # type: ignore[attr-defined]
+
+    claimed = await claim_deliveries([second.id, first.id], "tok", None, datetime.now(UTC))
+
+    assert [(c.id, c.endpoint_id) for c in claimed] == [(first.id, first.endpoint_id),  # type: ignore[attr-defined]
+                                                        (second.id, other.id)]
+    assert {c.message.id for c in claimed} == {first.message_id}  # type: ignore[attr-defined]
+    assert all(c.message.payload == PAYLOAD for c in claimed)
+
+
+async def test_batch_endpoints_load_as_the_orm_loads_them(db):
+    [delivery] = await _deliveries(1)
+    await Endpoint.filter(id=delivery.endpoint_id).update(  # type: ignore[attr-defined]
+        retry_config={"max_retries": 2, "backoff": "linear", "base_delay": 3, "max_delay": 9,
+                      "jitter": False},
+        event_types=["order.created"], previous_secret="whsec_BBBB",
+        previous_secret_expires_at=datetime.now(UTC) + timedelta(hours=1), max_in_flight=7)
+    orm = await Endpoint.get(id=delivery.endpoint_id)  # type: ignore[attr-defined]
+
+    loaded = (await load_endpoints({orm.id, 10**9}))  # an unknown id is just absent
+
+    assert list(loaded) == [orm.id]
+    fields = [f for f in Endpoint._meta.db_fields]
+    assert {f: getattr(loaded[orm.id], f) for f in fields} == {f: getattr(orm, f) for f in fields}
+    assert loaded[orm.id].retry_config["backoff"] == "linear"
+    assert await load_endpoints(set()) == {}
+
+
+async def _record(codes: list[int | None]) -> tuple[list[int], datetime]:
+    deliveries = await _deliveries(len(codes))
+    ids = [d.id for d in deliveries]
+    started = datetime.now(UTC) - timedelta(seconds=1)
+    await claim_deliveries(ids, "tok", None, started)
+    rows = [(i, 1, started, 5.0, code, "success" if code else "retryable",
+             None if code else "timeout", None, "ok" if code else None)
+            for i, code in zip(ids, codes, strict=True)]
+    succeeded: dict[int | None, list[int]] = {}
+    for i, code in zip(ids, codes, strict=True):
+        if code:
+            succeeded.setdefault(code, []).append(i)
+    finished = datetime.now(UTC)
+    await record_attempts(rows, succeeded, finished)
+    return ids, finished
+
+
+async def test_record_writes_every_attempt_and_marks_the_successes(db):
+    ids, finished = await _record([200, None, 200])
+
+    attempts = await Attempt.filter(delivery_id__in=ids).order_by("delivery_id")
+    assert [(a.delivery_id, a.status_code, a.error_class) for a in attempts] == [  # type: ignore[attr-defined]
+        (ids[0], 200, None), (ids[1], None, "timeout"), (ids[2], 200, None)]
+    rows = {d.id: d for d in await Delivery.filter(id__in=ids)}
+    assert [(rows[i].status, rows[i].last_status_code) for i in ids] == [
+        (DeliveryStatus.SUCCEEDED, 200), (DeliveryStatus.RUNNING, None),
+        (DeliveryStatus.SUCCEEDED, 200)]
+    assert rows[ids[0]].finished_at == finished and rows[ids[1]].finished_at is None
+
+
+async def test_record_with_several_success_codes_or_none(db):
+    ids, _ = await _record([200, 204, 202])
+    rows = {d.id: d for d in await Delivery.filter(id__in=ids)}
+    assert [rows[i].last_status_code for i in ids] == [200, 204, 202]
+    assert {r.status for r in rows.values()} == {DeliveryStatus.SUCCEEDED}
+
+    ids, _ = await _record([None, None])
+    assert await Attempt.filter(delivery_id__in=ids).count() == 2
+    assert {d.status for d in await Delivery.filter(id__in=ids)} == {DeliveryStatus.RUNNING}
