@@ -28,7 +28,6 @@ from jobs.signing import signing_secrets, signature_headers
 from jobs.tracing import attempt_span
 from models.deliveries import Delivery
 from models.delivery_batches import ClaimedDelivery, claim_deliveries, load_endpoints
-from models.endpoints import Endpoint
 from models.enums import DeliveryStatus
 
 log = logging.getLogger("observatory.deliver")
