@@ -39,6 +39,7 @@ class _Usage:
     def __init__(self) -> None:
         self.receiver = RECEIVER.cpu_times() if RECEIVER else None
         self.machine = psutil.cpu_times()
+        self.postgres = _postgres_cpu_s()
 
     def report(self, deliveries: int) -> str:
         now = psutil.cpu_times()
@@ -48,7 +49,18 @@ class _Usage:
         if RECEIVER and self.receiver:
             spent = sum(RECEIVER.cpu_times()[:2]) - sum(self.receiver[:2])
             text += f", receiver {spent / deliveries * 1e6:,.0f} µs CPU per delivery"
+        if self.postgres:  # every PostgreSQL server process on the machine, this run's or not
+            spent = _postgres_cpu_s() - self.postgres
+            text += f", PostgreSQL server {spent / deliveries * 1e6:,.0f} µs"
         return text
+
+
+def _postgres_cpu_s() -> float:
+    total = 0.0
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        if proc.info["name"] in ("postgres", "postmaster") and proc.info["cpu_times"]:
+            total += proc.info["cpu_times"].user + proc.info["cpu_times"].system
+    return total
 
 
 def _env(args: argparse.Namespace, tmp: Path, redis_url: str) -> dict[str, str]:
