@@ -16,6 +16,7 @@ Expressions are croniter syntax in UTC with an optional 6th field for seconds
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections import defaultdict
@@ -45,6 +46,8 @@ STALE_QUEUED_S = 60.0
 DEFAULT_TIMEOUT_S = 300.0
 PURGE_BATCH = 500
 CRON_RUN_RETENTION_DAYS = 7
+
+log = logging.getLogger("observatory.cron")
 
 
 @dataclass(frozen=True)
@@ -350,3 +353,18 @@ async def register_cron_jobs(specs: list[CronSpec] = CRON_SPECS) -> None:
         if job.expression != spec.expression:
             changes.update(expression=spec.expression, checked_until=now)
         await CronJob.filter(name=spec.name).update(**changes)
+
+
+async def retire_undeclared_cron_jobs(specs: list[CronSpec] = CRON_SPECS) -> list[str]:
+    """On worker start, after `register_cron_jobs`: remove the CronJob rows (and their runs)
+    of jobs the code no longer declares. Otherwise the missed-tick sweep would record a
+    `missed` run for such a job on every tick, forever (a database from before a job was
+    dropped). A worker of an older version still declaring it registers it again."""
+    gone = await CronJob.exclude(name__in=[spec.name for spec in specs]).values_list(
+        "name", flat=True)
+    if gone:
+        await CronJob.filter(name__in=gone).delete()
+        log.warning("cron jobs no longer declared, removed with their runs: %s",
+                    ", ".join(sorted(gone)))
+    return sorted(gone)
+

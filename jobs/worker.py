@@ -9,7 +9,8 @@ from typing import Any
 from arq.connections import RedisSettings
 from arq.worker import func
 
-from jobs.cron import arq_cron_jobs, register_cron_jobs, run_cron_job
+from jobs.cron import (arq_cron_jobs, register_cron_jobs, retire_undeclared_cron_jobs,
+                       run_cron_job)
 from jobs.attempt import ATTEMPT_DEADLINE_S
 from jobs.deliver import close_context, deliver, deliver_batch, init_context, stop_detached
 from jobs.heartbeats import (WorkerStats, job_ended, job_started, start_heartbeat,
@@ -52,6 +53,7 @@ async def _start(ctx: dict[str, Any]) -> None:
 async def startup(ctx: dict[str, Any]) -> None:
     await _start(ctx)
     await register_cron_jobs()
+    await retire_undeclared_cron_jobs()
     await start_heartbeat(ctx, _queue_name())
 
 

@@ -11,7 +11,8 @@ from arq.worker import func
 
 from jobs import cron as cron_module
 from jobs.cron import (CronSpec, arq_cron_jobs, purge_expired, reconcile_deliveries, recorded,
-                       register_cron_jobs, run_cron_job, start_tick, tick_of)
+                       register_cron_jobs, retire_undeclared_cron_jobs, run_cron_job,
+                       start_tick, tick_of)
 from jobs.cron_watch import cron_job_id, detect_missed_ticks
 from jobs.errors import ConflictError, NotFoundError
 from jobs.metrics import cron_metric_keys
@@ -315,6 +316,20 @@ async def test_schedule_lists_upcoming_and_recent_runs(db, redis):
     recent = [r for r in rows if r["id"] is not None]
     assert [r["status"] for r in recent] == ["failed", "missed"]
     assert recent[0]["error"] == "RuntimeError: disk full"
+
+
+async def test_a_job_no_longer_declared_is_removed_with_its_runs(db, redis):
+    await register_cron_jobs([OK, BROKEN])
+    await CronRun.create(job_id=BROKEN.name, scheduled_at=_tick(2), status="missed", error="x")
+    await CronJob.filter(name=BROKEN.name).update(checked_until=_now() - timedelta(minutes=10))
+
+    assert await retire_undeclared_cron_jobs([OK]) == [BROKEN.name]
+
+    assert [j.name for j in await CronJob.all()] == [OK.name]
+    assert not await CronRun.filter(job_id=BROKEN.name).exists()
+    await detect_missed_ticks(redis)  # nothing is judged for the removed job any more
+    assert not await CronRun.filter(job_id=BROKEN.name).exists()
+    assert await retire_undeclared_cron_jobs([OK]) == []
 
 
 def test_expressions_map_to_arq_fields():
