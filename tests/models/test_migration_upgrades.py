@@ -1,0 +1,122 @@
+"""Upgrades of databases that hold data: each migration that adds a NOT NULL column to a table
+the code before it wrote rows into is applied over such rows, on a database of its own (a
+SQLite file, or a PostgreSQL schema beside the test database's), and the rows come out with
+the values the columns mean for them."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest_asyncio
+from tortoise import Tortoise, connections
+from tortoise.context import TortoiseContext
+from tortoise.migrations.api import migrate
+
+from models.db import tortoise_config
+
+T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+
+Step = Callable[..., Any]
+
+
+@pytest_asyncio.fixture
+async def upgrade(test_environment: dict[str, str], tmp_path: Path) -> AsyncIterator[Step]:
+    """`async with upgrade("0006_cron") as conn:` migrates a fresh database of this test to
+    that migration (no argument: to the last one) in a context of its own, like one run of
+    `observatory migrate`, and yields the connection; the ORM models use it inside.
+
+    The first step must name a migration: the way to head is a second step, over data."""
+    base = test_environment["DATABASE_URL"]
+    schema = f"upgrade_{uuid.uuid4().hex[:12]}" if base.startswith("postgres") else None
+    steps: list[str | None] = []
+
+    def url_for(target: str | None) -> str:
+        if schema is None:
+            return f"sqlite://{tmp_path / 'upgrade.db'}"
+        # Migration 0009 needs pg_trgm's operator classes, which live in `public`. `public`
+        # holds the test database's own tables too, and an unqualified name missing here
+        # would reach them (the recorder's first read, before it creates its table, would
+        # roll them back), so it joins the path only once every table exists in this schema.
+        path = schema if target else f"{schema},public"
+        return base + ("&" if "?" in base else "?") + f"schema={path}"
+
+    @asynccontextmanager
+    async def step(target: str | None = None) -> AsyncIterator[Any]:
+        if target is None and not steps:
+            raise ValueError("upgrade(): migrate to an earlier migration first")
+        steps.append(target)
+        config = tortoise_config(url_for(target))
+        async with TortoiseContext():
+            await migrate(config=config, target=f"models.{target}" if target else None)
+        async with TortoiseContext():
+            await Tortoise.init(config=config)
+            yield connections.get("default")
+
+    if schema:
+        await _admin(base, f'CREATE SCHEMA "{schema}"')
+    try:
+        yield step
+    finally:
+        if schema:
+            await _admin(base, f'DROP SCHEMA "{schema}" CASCADE')
+
+
+async def _admin(url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(re.sub(r"^postgres(ql)?://", "postgresql://", url))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _insert(conn: Any, table: str, **row: Any) -> None:
+    """One row, written with exactly the columns the code of that time wrote."""
+    postgres = conn.capabilities.dialect == "postgres"
+    marks = [f"${i}" if postgres else "?" for i in range(1, len(row) + 1)]
+    columns = ", ".join(f'"{c}"' for c in row)
+    await conn.execute_query(
+        f'INSERT INTO "{table}" ({columns}) VALUES ({", ".join(marks)})', list(row.values()))
+
+
+# --- 0007: the fleet's agent figures -------------------------------------------------------------
+
+async def test_0007_upgrades_agents_registered_before_it(upgrade):
+    """Workers that beat before 0007 keep their rows: nothing reported yet (no queue, no
+    version, no figures), a clean exit keeps its time (`stopped_at` = its last beat), and the
+    fleet code takes them from there: the silent alive one becomes a zombie, the stopped one
+    does not."""
+    async with upgrade("0006_cron") as conn:
+        # as jobs/heartbeats.py beat() did then: Agent.update_or_create(kind, host, pid,
+        # status, last_seen), started_at and metadata from the model's defaults
+        for pid, status, seen in [(11, "alive", T0), (12, "stopped", T0 + timedelta(hours=1))]:
+            await _insert(conn, "agent", id=f"worker@h:{pid}", kind="worker", host="h",
+                          pid=pid, status=status, started_at=T0 - timedelta(hours=1),
+                          last_seen=seen, metadata="{}")
+
+    async with upgrade():
+        from jobs.fleet import sweep_zombies
+        from models.agents import Agent
+
+        fields = ["id", "status", "queue", "version", "running", "jobs_done", "succeeded",
+                  "failed", "stopped_at", "zombie_at"]
+        before = await Agent.all().order_by("id").values(*fields)
+        now = T0 + timedelta(hours=2)
+        swept = await sweep_zombies({}, now=now)
+        after = await Agent.all().order_by("id").values_list("id", "status", "zombie_at")
+    figures = {"queue": "", "version": "", "running": 0, "jobs_done": 0, "succeeded": 0,
+               "failed": 0, "zombie_at": None}
+    assert before == [
+        {"id": "worker@h:11", "status": "alive", "stopped_at": None, **figures},
+        {"id": "worker@h:12", "status": "stopped", "stopped_at": T0 + timedelta(hours=1),
+         **figures},
+    ]
+    assert swept["zombies"] == 1
+    assert after == [("worker@h:11", "zombie", now), ("worker@h:12", "stopped", None)]
