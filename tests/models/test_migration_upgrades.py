@@ -86,6 +86,37 @@ async def _insert(conn: Any, table: str, **row: Any) -> None:
         f'INSERT INTO "{table}" ({columns}) VALUES ({", ".join(marks)})', list(row.values()))
 
 
+# --- 0002: endpoint health, redirects, in-flight cap --------------------------------------------
+
+async def test_0002_upgrades_endpoints_created_before_it(upgrade):
+    """Endpoints of the foundation (0001) keep their settings; health starts clean, redirects
+    stay unfollowed (the foundation never followed them), the cap is the default."""
+    async with upgrade("0001_initial") as conn:
+        # as dashboard/api/app.py created them then: Application, then Endpoint.create(...)
+        await _insert(conn, "application", id=1, name="shop", created_at=T0)
+        await _insert(conn, "endpoint", id=1, app_id=1, url="https://a.example/hook",
+                      description="orders", secret="whsec_a", enabled=True,
+                      event_types='["order.paid"]', created_at=T0, updated_at=T0)
+        await _insert(conn, "endpoint", id=2, app_id=1, url="https://b.example/hook",
+                      description="", secret="whsec_b", enabled=False,
+                      disabled_reason="by hand", created_at=T0, updated_at=T0)
+
+    async with upgrade():
+        from models.endpoints import Endpoint
+
+        rows = await Endpoint.all().order_by("id").values(
+            "id", "url", "enabled", "disabled_reason", "event_types", "consecutive_failures",
+            "failing_since", "follow_redirects", "max_in_flight", "previous_secret")
+    assert rows == [
+        {"id": 1, "url": "https://a.example/hook", "enabled": True, "disabled_reason": None,
+         "event_types": ["order.paid"], "consecutive_failures": 0, "failing_since": None,
+         "follow_redirects": False, "max_in_flight": None, "previous_secret": None},
+        {"id": 2, "url": "https://b.example/hook", "enabled": False, "disabled_reason": "by hand",
+         "event_types": None, "consecutive_failures": 0, "failing_since": None,
+         "follow_redirects": False, "max_in_flight": None, "previous_secret": None},
+    ]
+
+
 # --- 0007: the fleet's agent figures -------------------------------------------------------------
 
 async def test_0007_upgrades_agents_registered_before_it(upgrade):
