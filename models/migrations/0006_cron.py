@@ -1,3 +1,14 @@
+"""Cron: missed-tick checkpoints, grace and timeout windows, pause records, run triggers,
+drift and the arq job of each run; one run per tick and one retry per run.
+
+Jobs registered and runs recorded before this migration already have rows, so the NOT NULL
+columns carry a database default, which is also what those rows get: the default windows
+(30 s grace, 300 s timeout) until the next worker start registers each job's own, and
+`schedule` as the trigger of every earlier run (there was no manual run nor retry before).
+(Edited in place: as first written, without the defaults, it failed on any database with a
+cron job, and a failed migration is rolled back whole, so only such databases see the change.)
+"""
+
 from tortoise import migrations
 from tortoise.migrations import operations as ops
 from models.enums import CronRunStatus
@@ -19,7 +30,7 @@ class Migration(migrations.Migration):
         ops.AddField(
             model_name='CronJob',
             name='grace_s',
-            field=fields.FloatField(default=30.0, description='a tick that has not started this long after its time is `missed`'),
+            field=fields.FloatField(default=30.0, db_default=30.0, description='a tick that has not started this long after its time is `missed`'),
         ),
         ops.AddField(
             model_name='CronJob',
@@ -34,7 +45,7 @@ class Migration(migrations.Migration):
         ops.AddField(
             model_name='CronJob',
             name='timeout_s',
-            field=fields.FloatField(default=300.0, description='a run still `running` this long after it started lost its worker'),
+            field=fields.FloatField(default=300.0, db_default=300.0, description='a run still `running` this long after it started lost its worker'),
         ),
         ops.RemoveIndex(
             model_name='CronRun',
@@ -69,7 +80,7 @@ class Migration(migrations.Migration):
         ops.AddField(
             model_name='CronRun',
             name='trigger',
-            field=fields.CharField(default='schedule', max_length=16),
+            field=fields.CharField(default='schedule', db_default='schedule', max_length=16),
         ),
         ops.AddIndex(
             model_name='CronRun',

@@ -117,6 +117,43 @@ async def test_0002_upgrades_endpoints_created_before_it(upgrade):
     ]
 
 
+# --- 0006: cron grace and timeout windows, run triggers -----------------------------------------
+
+async def test_0006_upgrades_cron_jobs_and_runs_recorded_before_it(upgrade):
+    """Jobs registered and runs recorded before 0006 keep their history; the jobs get the
+    default windows (the next worker start sets each job's own), and every earlier run was a
+    scheduled tick (there was no "run now" nor retry before 0006)."""
+    async with upgrade("0004_bulk_operations") as conn:
+        # as jobs/cron.py did then: register_cron_jobs(), then one CronRun per tick, its
+        # scheduled_at the start time floored to the minute
+        await _insert(conn, "cron_job", name="reconcile_deliveries", expression="* * * * *",
+                      description="Re-enqueue due deliveries", paused=False,
+                      last_run_at=T0 + timedelta(minutes=1, seconds=2),
+                      next_run_at=T0 + timedelta(minutes=2), updated_at=T0)
+        for minute, status, error in [(0, "succeeded", None), (1, "failed", "boom")]:
+            start = T0 + timedelta(minutes=minute, seconds=2)
+            await _insert(conn, "cron_run", job_id="reconcile_deliveries", status=status,
+                          scheduled_at=T0 + timedelta(minutes=minute), started_at=start,
+                          finished_at=start + timedelta(seconds=1), duration_ms=1000.0,
+                          error=error)
+
+    async with upgrade():
+        from models.cron import CronJob, CronRun
+
+        jobs = await CronJob.all().values("name", "expression", "paused", "grace_s",
+                                          "timeout_s", "checked_until")
+        runs = await CronRun.all().order_by("scheduled_at").values(
+            "status", "trigger", "error", "actor", "retry_of_id", "drift_ms")
+    assert jobs == [{"name": "reconcile_deliveries", "expression": "* * * * *", "paused": False,
+                     "grace_s": 30.0, "timeout_s": 300.0, "checked_until": None}]
+    assert runs == [
+        {"status": "succeeded", "trigger": "schedule", "error": None, "actor": None,
+         "retry_of_id": None, "drift_ms": None},
+        {"status": "failed", "trigger": "schedule", "error": "boom", "actor": None,
+         "retry_of_id": None, "drift_ms": None},
+    ]
+
+
 # --- 0007: the fleet's agent figures -------------------------------------------------------------
 
 async def test_0007_upgrades_agents_registered_before_it(upgrade):
