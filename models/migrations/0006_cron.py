@@ -7,6 +7,11 @@ columns carry a database default, which is also what those rows get: the default
 `schedule` as the trigger of every earlier run (there was no manual run nor retry before).
 (Edited in place: as first written, without the defaults, it failed on any database with a
 cron job, and a failed migration is rolled back whole, so only such databases see the change.)
+
+Before this migration a run's `scheduled_at` was its start floored to the minute, so a tick
+that waited for a busy worker into the next minute shares it with that minute's own tick, and
+the one-run-per-tick key could not be created. Each such later run is given its own start as
+`scheduled_at` (what is known of it; no run is dropped) before the key is added.
 """
 
 from tortoise import migrations
@@ -15,6 +20,13 @@ from models.enums import CronRunStatus
 from tortoise import fields
 from tortoise.indexes import Index
 from tortoise.migrations.constraints import UniqueConstraint
+
+#: runs after the first one recorded at the same (job, minute): scheduled at their own start
+SEPARATE_RUNS_OF_ONE_MINUTE = (
+    "UPDATE cron_run SET scheduled_at = started_at WHERE EXISTS (SELECT 1 FROM cron_run AS earlier "
+    "WHERE earlier.job_id = cron_run.job_id AND earlier.scheduled_at = cron_run.scheduled_at "
+    "AND earlier.id < cron_run.id)")
+
 
 class Migration(migrations.Migration):
     dependencies = [('models', '0004_bulk_operations')]
@@ -86,6 +98,7 @@ class Migration(migrations.Migration):
             model_name='CronRun',
             index=Index(fields=['status', 'scheduled_at']),
         ),
+        ops.RunSQL(SEPARATE_RUNS_OF_ONE_MINUTE, reverse_sql=ops.RunSQL.noop),
         ops.AddConstraint(
             model_name='CronRun',
             constraint=UniqueConstraint(fields=('job', 'scheduled_at'), name=None),

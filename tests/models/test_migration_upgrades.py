@@ -154,6 +154,32 @@ async def test_0006_upgrades_cron_jobs_and_runs_recorded_before_it(upgrade):
     ]
 
 
+async def test_0006_keeps_every_run_of_a_tick_that_started_in_the_next_minute(upgrade):
+    """Before 0006 a run's scheduled_at was its start floored to the minute: a tick that
+    waited past the minute shares it with the next tick. Both runs stay, the later one
+    scheduled at its own start, and the one-run-per-tick key exists."""
+    import pytest
+    from tortoise.exceptions import IntegrityError
+
+    late, on_time = T0 + timedelta(minutes=1, seconds=5), T0 + timedelta(minutes=1, seconds=6)
+    async with upgrade("0004_bulk_operations") as conn:
+        await _insert(conn, "cron_job", name="reconcile_deliveries", expression="* * * * *",
+                      description="", paused=False, updated_at=T0)
+        for start in (late, T0 + timedelta(minutes=2, seconds=1), on_time):
+            await _insert(conn, "cron_run", job_id="reconcile_deliveries", status="succeeded",
+                          scheduled_at=start.replace(second=0), started_at=start)
+
+    async with upgrade():
+        from models.cron import CronRun
+
+        runs = await CronRun.all().order_by("id").values_list("scheduled_at", "started_at")
+        with pytest.raises(IntegrityError):
+            await CronRun.create(job_id="reconcile_deliveries", scheduled_at=late.replace(second=0))
+    assert runs == [(late.replace(second=0), late),
+                    (T0 + timedelta(minutes=2), T0 + timedelta(minutes=2, seconds=1)),
+                    (on_time, on_time)]
+
+
 # --- 0007: the fleet's agent figures -------------------------------------------------------------
 
 async def test_0007_upgrades_agents_registered_before_it(upgrade):
