@@ -1,7 +1,7 @@
-"""Upgrades of databases that hold data: each migration that adds a NOT NULL column to a table
-the code before it wrote rows into is applied over such rows, on a database of its own (a
-SQLite file, or a PostgreSQL schema beside the test database's), and the rows come out with
-the values the columns mean for them."""
+"""Upgrades of databases that hold data: each migration that adds a NOT NULL column or a unique
+key to a table the code before it wrote rows into is applied over such rows, on a database of
+its own (a SQLite file, or a PostgreSQL schema beside the test database's), and the rows come
+out with the values the columns mean for them."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_asyncio
 from tortoise import Tortoise, connections
 from tortoise.context import TortoiseContext
+from tortoise.exceptions import IntegrityError
 from tortoise.migrations.api import migrate
 
 from models.db import tortoise_config
@@ -158,9 +160,6 @@ async def test_0006_keeps_every_run_of_a_tick_that_started_in_the_next_minute(up
     """Before 0006 a run's scheduled_at was its start floored to the minute: a tick that
     waited past the minute shares it with the next tick. Both runs stay, the later one
     scheduled at its own start, and the one-run-per-tick key exists."""
-    import pytest
-    from tortoise.exceptions import IntegrityError
-
     late, on_time = T0 + timedelta(minutes=1, seconds=5), T0 + timedelta(minutes=1, seconds=6)
     async with upgrade("0004_bulk_operations") as conn:
         await _insert(conn, "cron_job", name="reconcile_deliveries", expression="* * * * *",
@@ -173,9 +172,9 @@ async def test_0006_keeps_every_run_of_a_tick_that_started_in_the_next_minute(up
         from models.cron import CronRun
 
         runs = await CronRun.all().order_by("id").values_list("scheduled_at", "started_at")
-        with pytest.raises(IntegrityError):
-            await CronRun.create(job_id="reconcile_deliveries", scheduled_at=late.replace(second=0))
-    assert runs == [(late.replace(second=0), late),
+        with pytest.raises(IntegrityError):  # a second run of the 12:01 tick
+            await CronRun.create(job_id="reconcile_deliveries", scheduled_at=T0.replace(minute=1))
+    assert runs == [(T0.replace(minute=1), late),
                     (T0 + timedelta(minutes=2), T0 + timedelta(minutes=2, seconds=1)),
                     (on_time, on_time)]
 
