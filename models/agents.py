@@ -22,17 +22,18 @@ class Agent(Model):
     kind = fields.CharField(max_length=32, default="worker")  # worker | any external kind
     host = fields.CharField(max_length=200, default="")
     pid = fields.IntField(null=True)
-    queue = fields.CharField(max_length=200, default="")  # the arq queue it takes jobs from
-    version = fields.CharField(max_length=64, default="")  # software version it runs
+    # db_default: what migration 0007 gives the rows already there ("" and 0: not reported)
+    queue = fields.CharField(max_length=200, default="", db_default="")  # arq queue it serves
+    version = fields.CharField(max_length=64, default="", db_default="")  # software it runs
     status = fields.CharEnumField(AgentStatus, default=AgentStatus.ALIVE, max_length=16)
     started_at = fields.DatetimeField(auto_now_add=True)
     last_seen = fields.DatetimeField()
     # jobs running at the last beat
-    running = fields.IntField(default=0)
+    running = fields.IntField(default=0, db_default=0)
     # totals since start: jobs finished, delivery attempts that succeeded / did not
-    jobs_done = fields.IntField(default=0)
-    succeeded = fields.IntField(default=0)
-    failed = fields.IntField(default=0)
+    jobs_done = fields.IntField(default=0, db_default=0)
+    succeeded = fields.IntField(default=0, db_default=0)
+    failed = fields.IntField(default=0, db_default=0)
     stopped_at = fields.DatetimeField(null=True)  # clean exit
     zombie_at = fields.DatetimeField(null=True)  # when the sweep declared it a zombie
     metadata = fields.JSONField(default=dict)

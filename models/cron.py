@@ -17,10 +17,12 @@ class CronJob(Model):
     name = fields.CharField(max_length=100, primary_key=True)
     expression = fields.CharField(max_length=100)  # cron expression (croniter, UTC; 6th = seconds)
     description = fields.CharField(max_length=500, default="")
+    # db_default: what migration 0006 gives jobs already there, until the next worker start
+    # registers each job's own windows
     #: a tick that has not started this long after its time is `missed`
-    grace_s = fields.FloatField(default=30.0)
+    grace_s = fields.FloatField(default=30.0, db_default=30.0)
     #: a run still `running` this long after it started lost its worker
-    timeout_s = fields.FloatField(default=300.0)
+    timeout_s = fields.FloatField(default=300.0, db_default=300.0)
     paused = fields.BooleanField(default=False)
     paused_at = fields.DatetimeField(null=True)
     paused_by = fields.CharField(max_length=200, null=True)
@@ -42,7 +44,9 @@ class CronRun(Model):
         "models.CronJob", related_name="runs", on_delete=fields.CASCADE
     )
     status = fields.CharEnumField(CronRunStatus, default=CronRunStatus.PENDING, max_length=16)
-    trigger = fields.CharField(max_length=16, default=TRIGGER_SCHEDULE)  # schedule|manual|retry
+    # schedule|manual|retry; db_default: runs recorded before migration 0006 were all ticks
+    trigger = fields.CharField(max_length=16, default=TRIGGER_SCHEDULE,
+                               db_default=TRIGGER_SCHEDULE)
     #: the tick (whole second, UTC) or, for a manual run or retry, when it was asked for
     scheduled_at = fields.DatetimeField()
     started_at = fields.DatetimeField(null=True)

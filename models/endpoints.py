@@ -34,11 +34,13 @@ class Endpoint(Model):
     retry_config = fields.JSONField(null=True)
     # event types this endpoint receives; null = every event type
     event_types = fields.JSONField(null=True)
-    follow_redirects = fields.BooleanField(default=False)  # 3xx are final unless opted in
+    # db_default: what migration 0002 gives endpoints already there (the foundation never
+    # followed redirects; health is tracked from the upgrade on)
+    follow_redirects = fields.BooleanField(default=False, db_default=False)  # 3xx final
     max_in_flight = fields.IntField(null=True)  # per-endpoint concurrency cap; null = default
     # health: the start of the current unbroken run of failures (null while healthy)
     failing_since = fields.DatetimeField(null=True)
-    consecutive_failures = fields.IntField(default=0)
+    consecutive_failures = fields.IntField(default=0, db_default=0)
     disabled_at = fields.DatetimeField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
