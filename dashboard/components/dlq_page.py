@@ -14,7 +14,7 @@ import reflex as rx
 from reflex.vars import Var
 
 from dashboard.components.badges import DEAD_LETTER_STATUSES, dead_letter_status_badge
-from dashboard.components.panel import column_headers, empty_state, panel
+from dashboard.components.panel import cell, column_headers, data_table, empty_state, panel
 from dashboard.components.reactive import any_true, each, either, is_empty, negate
 
 Event = Callable[..., Any] | None
@@ -139,19 +139,20 @@ def entry_row(entry: Any, busy: Any = False, *, can_operate: Any = True, is_admi
         rx.table.row_header_cell(rx.link(
             f"#{entry_id}", href="#", weight="medium", size="2",
             **_on(on_click=(on_detail(entry_id).prevent_default) if on_detail else None))),
-        rx.table.cell(rx.vstack(
+        cell(rx.vstack(
             rx.text(entry["event_type"], size="2"),
             rx.text(entry["endpoint_url"], size="1", color_scheme="gray", max_width="260px",
                     overflow="hidden", text_overflow="ellipsis", white_space="nowrap",
                     title=entry["endpoint_url"]),
-            spacing="0")),
-        rx.table.cell(rx.vstack(
+            spacing="0"), label="Event · endpoint"),
+        cell(rx.vstack(
             rx.text(entry["reason_label"], size="2"),
             rx.text(entry["attempts_label"], size="1", color_scheme="gray"),
-            spacing="0")),
-        rx.table.cell(rx.text(entry["failed_at"], size="1", white_space="nowrap")),
-        rx.table.cell(dead_letter_status_badge(status)),
-        rx.table.cell(rx.hstack(
+            spacing="0"), label="Failure"),
+        cell(rx.text(entry["failed_at"], size="1", white_space="nowrap"),
+             label="Failed at (UTC)"),
+        cell(dead_letter_status_badge(status), label="Status"),
+        cell(rx.hstack(
             _action("Details", "file-search", entry_id, on_detail),
             _action("Retry", "rotate-ccw", entry_id, on_retry, color="indigo", busy=busy,
                     disabled=any_true(status != "active", negate(can_operate))),
@@ -160,7 +161,7 @@ def entry_row(entry: Any, busy: Any = False, *, can_operate: Any = True, is_admi
                                       negate(can_operate))),
             either(is_admin, _action("Delete", "trash-2", entry_id, on_delete, color="red",
                                      busy=busy, disabled=status == "retrying"), rx.fragment()),
-            spacing="2", justify="end")),
+            spacing="2", justify="end"), actions=True),
         class_name=f"dlq-page-row dlq-status-{status}",
         id=f"dlq-page-entry-{entry_id}",
         align="center",
@@ -173,10 +174,10 @@ def entry_table(rows: Any, is_busy: Callable[[Any], Any] = lambda _id: False,
     return either(
         is_empty(rows),
         empty_state(EMPTY_MESSAGE, icon="search-x", class_name="dlq-page-empty"),
-        rx.table.root(
+        data_table(
             column_headers("ID", "Event · endpoint", "Failure", "Failed at (UTC)", "Status", ""),
             rx.table.body(each(rows, lambda entry: entry_row(entry, is_busy(entry["id"]), **row))),
-            variant="ghost", size="1", width="100%", id="dlq-page-table",
+            id="dlq-page-table",
         ),
     )
 
@@ -237,7 +238,7 @@ def _small_table(headers: tuple[str, ...], rows: Any,
         rx.table.root(
             column_headers(*headers),
             rx.table.body(each(rows, lambda item: rx.table.row(
-                *(rx.table.cell(rx.text(cell, size="1")) for cell in cells(item))))),
+                *(rx.table.cell(rx.text(value, size="1")) for value in cells(item))))),
             variant="surface", size="1", width="100%"),
     )
 

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import reflex as rx
+
+#: hooks of assets/layout.css: a table whose rows stack as cards on phones (each cell named
+#: by its `data-label`), a lower-priority column hidden below 1024 px, and a cell of buttons
+#: that may wrap instead of widening its table
+STACKED_TABLE = "stacked-table"
+OPTIONAL = "col-optional"
+ACTIONS = "cell-actions"
 
 
 def panel(title: str, icon: str, *children: rx.Component, description: str = "",
@@ -27,6 +35,7 @@ def panel(title: str, icon: str, *children: rx.Component, description: str = "",
         aside or rx.fragment(),
         justify="between",
         align="center",
+        wrap="wrap",
         width="100%",
     )
     return rx.card(
@@ -71,11 +80,39 @@ def empty_state(message: str, icon: str = "inbox", **props: Any) -> rx.Component
     )
 
 
-def column_headers(*labels: str) -> rx.Component:
+def _classes(*names: str) -> dict[str, str]:
+    """`class_name` of the names given (none: no prop at all)."""
+    joined = " ".join(name for name in names if name)
+    return {"class_name": joined} if joined else {}
+
+
+def column_headers(*labels: str, optional: Collection[str] = (),
+                   wrap: bool = False) -> rx.Component:
+    """The header row; `optional` labels are lower-priority columns (hidden below 1024 px),
+    `wrap` lets a label break at its spaces (the default keeps each on one line)."""
+    nowrap = {} if wrap else {"white_space": "nowrap"}
     return rx.table.header(
-        rx.table.row(*(rx.table.column_header_cell(label, white_space="nowrap")
-                       for label in labels))
+        rx.table.row(*(rx.table.column_header_cell(
+            label, **nowrap, **_classes(OPTIONAL if label in optional else ""))
+            for label in labels))
     )
+
+
+def cell(*children: rx.Component, label: str = "", optional: bool = False,
+         actions: bool = False, **props: Any) -> rx.Component:
+    """A table cell that names its column (`label`, shown in front of it when the rows stack
+    as cards on phones); `optional` as in `column_headers`, `actions` for a cell of buttons."""
+    attrs = {"data-label": label} if label else {}
+    return rx.table.cell(*children, custom_attrs=attrs,
+                         **_classes(OPTIONAL if optional else "", ACTIONS if actions else ""),
+                         **props)
+
+
+def data_table(headers: rx.Component, body: rx.Component, **props: Any) -> rx.Component:
+    """A full-width table of a panel whose rows stack as cards on phones."""
+    class_name = props.pop("class_name", "")
+    return rx.table.root(headers, body, variant="ghost", size="1", width="100%",
+                         **_classes(STACKED_TABLE, class_name), **props)
 
 
 def guarded(panel_id: str, error: Any, content: rx.Component, title: str) -> rx.Component:
