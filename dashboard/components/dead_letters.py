@@ -45,7 +45,7 @@ def dead_letter_row(entry: Any, busy: Any = False, on_retry: Any = None,
         rx.table.row_header_cell(rx.text(f"#{entry['id']}", weight="medium", size="2")),
         cell(
             rx.vstack(
-                rx.text(entry["endpoint_url"], size="2", max_width="260px",
+                rx.text(entry["endpoint_url"], size="2", max_width="min(260px, 25vw)",
                         overflow="hidden", text_overflow="ellipsis", white_space="nowrap",
                         title=entry["endpoint_url"]),
                 rx.text(entry["event_type"], size="1", color_scheme="gray"),

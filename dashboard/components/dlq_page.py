@@ -14,7 +14,8 @@ import reflex as rx
 from reflex.vars import Var
 
 from dashboard.components.badges import DEAD_LETTER_STATUSES, dead_letter_status_badge
-from dashboard.components.panel import cell, column_headers, data_table, empty_state, panel
+from dashboard.components.panel import (STACKED_TABLE, cell, column_headers, data_table,
+                                        empty_state, panel)
 from dashboard.components.reactive import any_true, each, either, is_empty, negate
 
 Event = Callable[..., Any] | None
@@ -141,7 +142,8 @@ def entry_row(entry: Any, busy: Any = False, *, can_operate: Any = True, is_admi
             **_on(on_click=(on_detail(entry_id).prevent_default) if on_detail else None))),
         cell(rx.vstack(
             rx.text(entry["event_type"], size="2"),
-            rx.text(entry["endpoint_url"], size="1", color_scheme="gray", max_width="260px",
+            rx.text(entry["endpoint_url"], size="1", color_scheme="gray",
+                    max_width="min(260px, 25vw)",
                     overflow="hidden", text_overflow="ellipsis", white_space="nowrap",
                     title=entry["endpoint_url"]),
             spacing="0"), label="Event · endpoint"),
@@ -223,7 +225,7 @@ def dlq_panel(table: rx.Component, pager_: rx.Component, *, actions: rx.Componen
 
 def _fact(label: str, value: Any) -> rx.Component:
     return rx.vstack(rx.text(label, size="1", color_scheme="gray"),
-                     rx.text(value, size="2", word_break="break-all"), spacing="0")
+                     rx.text(value, size="2", overflow_wrap="anywhere"), spacing="0")
 
 
 def _section(title: str, *children: rx.Component, **props: Any) -> rx.Component:
@@ -238,8 +240,9 @@ def _small_table(headers: tuple[str, ...], rows: Any,
         rx.table.root(
             column_headers(*headers),
             rx.table.body(each(rows, lambda item: rx.table.row(
-                *(rx.table.cell(rx.text(value, size="1")) for value in cells(item))))),
-            variant="surface", size="1", width="100%"),
+                *(cell(rx.text(value, size="1", overflow_wrap="anywhere"), label=header)
+                  for header, value in zip(headers, cells(item), strict=True))))),
+            variant="surface", size="1", width="100%", class_name=STACKED_TABLE),
     )
 
 
@@ -256,7 +259,8 @@ def detail_dialog(open_: Any, fields: Any, payload: Any, headers: Any, attempts:
             rx.dialog.description(
                 rx.hstack(dead_letter_status_badge(_get(fields, "status")),
                           rx.text(_get(fields, "event_type"), " → ",
-                                  rx.code(_get(fields, "endpoint_url")), size="2"),
+                                  rx.code(_get(fields, "endpoint_url")), size="2",
+                                  overflow_wrap="anywhere", min_width="0"),  # long URLs
                           spacing="2", align="center", wrap="wrap"),
                 margin_bottom="1em"),
             rx.vstack(
@@ -269,7 +273,7 @@ def detail_dialog(open_: Any, fields: Any, payload: Any, headers: Any, attempts:
                     _fact("Application id", _get(fields, "app_id")),
                     _fact("Message id", _get(fields, "message_id")),
                     _fact("Delivery id", _get(fields, "delivery_id")),
-                    columns="4", spacing="3", width="100%"),
+                    columns=rx.breakpoints(initial="2", sm="4"), spacing="3", width="100%"),
                 _section("Payload", rx.el.pre(
                     payload, id="dlq-detail-payload", font_family="var(--code-font-family)",
                     font_size="12px", padding="0.75em", border_radius="6px", margin="0",

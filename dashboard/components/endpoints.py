@@ -86,7 +86,9 @@ def endpoint_row(row: Any, busy: Any = False, on_disable: Event = None, on_enabl
     (admins: the role checks in the handlers are the real gate, this spares a refusal)."""
     return rx.table.row(
         rx.table.row_header_cell(rx.vstack(
-            rx.text(row["app_name"], weight="medium", size="2", white_space="nowrap"),
+            rx.text(row["app_name"], weight="medium", size="2", white_space="nowrap",
+                    max_width="min(200px, 16vw)", overflow="hidden", text_overflow="ellipsis",
+                    title=row["app_name"]),
             rx.text(f"#{row['id']}", size="1", color_scheme="gray"),
             spacing="0",
         )),
