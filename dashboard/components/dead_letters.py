@@ -8,7 +8,8 @@ from typing import Any
 import reflex as rx
 
 from dashboard.components.badges import dead_letter_status_badge
-from dashboard.components.panel import cell, column_headers, data_table, empty_state, panel
+from dashboard.components.panel import (cell, column_headers, data_table, empty_state, panel,
+                                        url_text)
 from dashboard.components.reactive import any_true, each, either, is_empty, negate
 
 EMPTY_MESSAGE = "No failed deliveries."
@@ -45,9 +46,7 @@ def dead_letter_row(entry: Any, busy: Any = False, on_retry: Any = None,
         rx.table.row_header_cell(rx.text(f"#{entry['id']}", weight="medium", size="2")),
         cell(
             rx.vstack(
-                rx.text(entry["endpoint_url"], size="2", max_width="min(260px, 25vw)",
-                        overflow="hidden", text_overflow="ellipsis", white_space="nowrap",
-                        title=entry["endpoint_url"]),
+                url_text(entry["endpoint_url"], "min(260px, 25vw)", size="2"),
                 rx.text(entry["event_type"], size="1", color_scheme="gray"),
                 spacing="0",
             ),
@@ -58,7 +57,7 @@ def dead_letter_row(entry: Any, busy: Any = False, on_retry: Any = None,
                     display="block", max_width="300px", overflow="hidden",
                     text_overflow="ellipsis", white_space="nowrap",
                     title=entry["payload_preview"]),
-            label="Payload", optional=True,
+            label="Payload", hide_below=1024,
         ),
         cell(
             rx.vstack(
@@ -95,7 +94,7 @@ def dead_letter_table(entries: Any, is_busy: Callable[[Any], Any] = lambda _id: 
         empty_state(EMPTY_MESSAGE, icon="circle-check", class_name="dlq-empty"),
         data_table(
             column_headers("ID", "Endpoint", "Payload", "Failure", "Status", "",
-                           optional={"Payload"}),
+                           hide_below={"Payload": 1024}),
             rx.table.body(each(entries, lambda entry: dead_letter_row(
                 entry, busy=is_busy(entry["id"]),
                 on_retry=on_retry(entry["id"]) if on_retry else None, can_retry=can_retry))),

@@ -15,7 +15,7 @@ from reflex.vars import Var
 
 from dashboard.components.badges import DEAD_LETTER_STATUSES, dead_letter_status_badge
 from dashboard.components.panel import (STACKED_TABLE, cell, column_headers, data_table,
-                                        empty_state, panel)
+                                        empty_state, panel, url_text)
 from dashboard.components.reactive import any_true, each, either, is_empty, negate
 
 Event = Callable[..., Any] | None
@@ -142,10 +142,7 @@ def entry_row(entry: Any, busy: Any = False, *, can_operate: Any = True, is_admi
             **_on(on_click=(on_detail(entry_id).prevent_default) if on_detail else None))),
         cell(rx.vstack(
             rx.text(entry["event_type"], size="2"),
-            rx.text(entry["endpoint_url"], size="1", color_scheme="gray",
-                    max_width="min(260px, 25vw)",
-                    overflow="hidden", text_overflow="ellipsis", white_space="nowrap",
-                    title=entry["endpoint_url"]),
+            url_text(entry["endpoint_url"], "min(260px, 25vw)", size="1", color_scheme="gray"),
             spacing="0"), label="Event · endpoint"),
         cell(rx.vstack(
             rx.text(entry["reason_label"], size="2"),

@@ -14,7 +14,8 @@ import reflex as rx
 from reflex.vars import Var
 
 from dashboard.components.badges import status_badge
-from dashboard.components.panel import cell, column_headers, data_table, empty_state, panel
+from dashboard.components.panel import (cell, column_headers, data_table, empty_state, panel,
+                                        url_text)
 from dashboard.components.reactive import any_true, each, either, is_empty, negate, pick
 
 EMPTY_MESSAGE = "No endpoints yet. Create one with POST /v1/endpoints."
@@ -87,14 +88,13 @@ def endpoint_row(row: Any, busy: Any = False, on_disable: Event = None, on_enabl
     return rx.table.row(
         rx.table.row_header_cell(rx.vstack(
             rx.text(row["app_name"], weight="medium", size="2", white_space="nowrap",
-                    max_width="min(200px, 16vw)", overflow="hidden", text_overflow="ellipsis",
+                    max_width="min(200px, 14vw)", overflow="hidden", text_overflow="ellipsis",
                     title=row["app_name"]),
             rx.text(f"#{row['id']}", size="1", color_scheme="gray"),
             spacing="0",
         )),
         cell(rx.vstack(
-            rx.text(row["url"], size="2", max_width="min(280px, 22vw)", overflow="hidden",
-                    text_overflow="ellipsis", white_space="nowrap", title=row["url"]),
+            url_text(row["url"], "min(280px, 22vw)", size="2"),
             rx.text(row["events_label"], size="1", color_scheme="gray"),
             spacing="0",
         ), label="Endpoint"),
@@ -106,12 +106,11 @@ def endpoint_row(row: Any, busy: Any = False, on_disable: Event = None, on_enabl
                     title=row["reason_label"]),
             spacing="1",
         ), label="Health"),
-        cell(rx.text(row["in_flight"], size="2"), label="In flight", optional=True),
-        cell(rx.text(row["success_label"], size="2", white_space="nowrap"),
-             label="Success (1 h)"),
+        cell(rx.text(row["in_flight"], size="2"), label="In flight", hide_below=1280),
+        cell(rx.text(row["success_label"], size="2"), label="Success (1 h)"),
         cell(rx.text(row["retry_summary"], size="1",
                      color_scheme=either(row["retry_is_default"], "gray", "indigo")),
-             label="Retry policy", optional=True),
+             label="Retry policy", hide_below=1280),
         cell(either(can_manage, _actions(row, busy, on_disable, on_enable, on_edit_retry,
                                          on_resync), rx.fragment()), actions=True),
         class_name=f"endpoint-row endpoint-health-{row['health']}",
@@ -131,7 +130,7 @@ def endpoint_table(rows: Any, is_busy: Callable[[Any], Any] = lambda _id: False,
         data_table(
             column_headers("Application", "Endpoint", "Health", "In flight",
                            "Success (1 h)", "Retry policy", "",
-                           optional={"In flight", "Retry policy"}, wrap=True),
+                           hide_below={"In flight": 1280, "Retry policy": 1280}, wrap=True),
             rx.table.body(each(rows, lambda row: endpoint_row(
                 row, busy=is_busy(row["id"]), on_disable=on_disable, on_enable=on_enable,
                 on_edit_retry=on_edit_retry, can_manage=can_manage, on_resync=on_resync))),
