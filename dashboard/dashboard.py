@@ -48,6 +48,7 @@ _allow_served_origins()
 # The Radix theme is configured in rxconfig.py (RadixThemesPlugin), as Reflex 0.10 wants.
 app = rx.App(
     api_transformer=api,
+    stylesheets=["/layout.css"],  # assets/layout.css: the header and tables on narrow windows
     head_components=[rx.el.meta(name="description", content="Observatory operations console")],
 )
 

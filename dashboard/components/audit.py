@@ -12,7 +12,7 @@ from typing import Any
 import reflex as rx
 from reflex.vars import Var
 
-from dashboard.components.panel import column_headers, empty_state, panel
+from dashboard.components.panel import cell, column_headers, data_table, empty_state, panel
 from dashboard.components.reactive import each, either, is_empty, negate
 
 Event = Callable[..., Any] | None
@@ -79,12 +79,14 @@ def _filter_link(text: Any, name: str, on_filter: Event) -> rx.Component:
 def audit_row(item: Any, *, on_filter: Event = None) -> rx.Component:
     """One row (an AuditItem, or a Var of one); details as compact JSON."""
     return rx.table.row(
-        rx.table.cell(rx.text(item["at"], size="1", white_space="nowrap", title=item["at_iso"])),
-        rx.table.cell(_filter_link(item["actor"], "actor", on_filter)),
-        rx.table.cell(rx.code(_filter_link(item["action"], "action", on_filter), size="1")),
-        rx.table.cell(rx.text(item["target"], size="2", white_space="nowrap")),
-        rx.table.cell(rx.code(item["details"], size="1", word_break="break-all",
-                              class_name="audit-details")),
+        cell(rx.text(item["at"], size="1", white_space="nowrap", title=item["at_iso"]),
+             label="When (UTC)"),
+        cell(_filter_link(item["actor"], "actor", on_filter), label="Actor"),
+        cell(rx.code(_filter_link(item["action"], "action", on_filter), size="1"),
+             label="Action"),
+        cell(rx.text(item["target"], size="2", white_space="nowrap"), label="Target"),
+        cell(rx.code(item["details"], size="1", word_break="break-all",
+                     class_name="audit-details"), label="Details"),
         id=f"audit-row-{item['id']}", class_name="audit-row", align="center",
     )
 
@@ -94,10 +96,10 @@ def audit_table(rows: Any, *, on_filter: Event = None) -> rx.Component:
     return either(
         is_empty(rows),
         empty_state(EMPTY_MESSAGE, icon="search-x", class_name="audit-empty"),
-        rx.table.root(
+        data_table(
             column_headers("When (UTC)", "Actor", "Action", "Target", "Details"),
             rx.table.body(each(rows, lambda item: audit_row(item, on_filter=on_filter))),
-            variant="ghost", size="1", width="100%", id="audit-table"),
+            id="audit-table"),
     )
 
 

@@ -5,7 +5,8 @@ The panel shares its row with the Heartbeat Monitor (60 % of the page on wide sc
 tables must fit that width without sideways scrolling: headers wrap, a time's drift and a
 last result's drift go under them, the action buttons stack, and a reason wraps and is cut at
 two lines (the whole text in its tooltip). Job names, cron expressions, times and badges never
-break (a name is what an operator types into the CLI).
+break (a name is what an operator types into the CLI). On phones the rows stack as cards
+(`panel.data_table`), each cell named by its column.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import reflex as rx
 
 from dashboard.components.badges import cron_status_badge, status_badge
-from dashboard.components.panel import empty_state, panel
+from dashboard.components.panel import cell, column_headers, data_table, empty_state, panel
 from dashboard.components.reactive import any_true, each, either, is_empty, negate, pick
 
 # a soft tint per status so failed, missed and running rows stand out from the rest
@@ -27,6 +28,7 @@ _EXTRA = {"missed": ("Missed", "orange"), "paused": ("Paused", "gray")}
 
 Handler = Callable[[Any], Any]
 RUN_HEADERS = ("Job", "Status", "Scheduled (UTC) · drift", "Duration", "Error / reason", "")
+JOB_HEADERS = ("Job", "Next run (UTC)", "Last result", "Missed 24 h", "")
 
 
 def cron_badge(status: Any) -> rx.Component:
@@ -70,12 +72,6 @@ def _reason(text: Any) -> rx.Component:
                    style={"-webkit-line-clamp": "2", "-webkit-box-orient": "vertical"})
 
 
-def _headers(*labels: str) -> rx.Component:
-    """Column headers that wrap at spaces (the shared ones never wrap)."""
-    return rx.table.header(rx.table.row(*(rx.table.column_header_cell(label)
-                                          for label in labels)))
-
-
 def _action(label: Any, aria: Any, on_click: Any, busy: Any, disabled: Any,
             class_name: str, color: str = "gray") -> rx.Component:
     """A real <button>: keyboard operable, spins and is disabled while its request runs."""
@@ -92,14 +88,16 @@ def cron_job_row(job: Any, *, is_busy: Handler, can_operate: Any, on_run: Handle
     toggle_busy = is_busy(f"pause:{name}")
     return rx.table.row(
         _job_cell(job),
-        rx.table.cell(either(paused, cron_badge("paused"), _small(job["when_label"]))),
-        rx.table.cell(rx.flex(
+        cell(either(paused, cron_badge("paused"), _small(job["when_label"])),
+             label=JOB_HEADERS[1]),
+        cell(rx.flex(
             either(_field(job, "last_status", None), cron_badge(_field(job, "last_status")),
                    _small("never ran", color_scheme="gray")),
             _small(_field(job, "drift_label"), color_scheme="orange", class_name="cron-drift"),
-            wrap="wrap", gap="0.5em", align="center")),
-        rx.table.cell(_small(_field(job, "missed_24h", 0), class_name="cron-missed-count")),
-        rx.table.cell(rx.flex(
+            wrap="wrap", gap="0.5em", align="center"), label=JOB_HEADERS[2]),
+        cell(_small(_field(job, "missed_24h", 0), class_name="cron-missed-count"),
+             label=JOB_HEADERS[3]),
+        cell(rx.flex(
             _action("Run now", f"Run {name} now", on_run(name), is_busy(f"run:{name}"),
                     any_true(is_busy(f"run:{name}"), negate(can_operate)), "cron-run-button"),
             either(paused,
@@ -108,7 +106,7 @@ def cron_job_row(job: Any, *, is_busy: Handler, can_operate: Any, on_run: Handle
                            "green"),
                    _action("Pause", f"Pause {name}", on_pause(name), toggle_busy,
                            any_true(toggle_busy, negate(can_operate)), "cron-pause-button")),
-            wrap="wrap", gap="0.5em")),
+            wrap="wrap", gap="0.5em"), actions=True),
         id=f"cron-job-{name}",
         class_name=f"cron-job cron-status-{status}",
         background=pick(status, _ROW_TINT, "transparent"),
@@ -129,11 +127,11 @@ def cron_row(run: Any, *, is_busy: Handler | None = None, can_operate: Any = Fal
             any_true(busy, negate(can_operate)), "cron-retry-button", "red"), rx.fragment())
     return rx.table.row(
         rx.table.row_header_cell(_small(run["job"], weight="medium")),
-        rx.table.cell(cron_badge(status)),
-        rx.table.cell(_when(run)),
-        rx.table.cell(_small(run["duration_label"], color_scheme="gray")),
-        rx.table.cell(_reason(run["error_label"])),
-        rx.table.cell(retry),
+        cell(cron_badge(status), label="Status"),
+        cell(_when(run), label="Scheduled (UTC)"),
+        cell(_small(run["duration_label"], color_scheme="gray"), label="Duration"),
+        cell(_reason(run["error_label"]), label="Error / reason"),
+        cell(retry, actions=True),
         id=f"cron-run-{run_id}",
         class_name=f"cron-row cron-status-{status}",
         background=pick(status, _ROW_TINT, "transparent"),
@@ -151,8 +149,8 @@ def _table(rows: Any, empty_message: str, headers: tuple[str, ...],
     return either(
         is_empty(rows),
         empty_state(empty_message, icon="calendar-x"),
-        rx.table.root(_headers(*headers), rx.table.body(each(rows, render)),
-                      variant="ghost", size="1", width="100%", class_name="cron-table"),
+        data_table(column_headers(*headers, wrap=True), rx.table.body(each(rows, render)),
+                   class_name="cron-table"),
     )
 
 
@@ -174,8 +172,7 @@ def cron_panel(upcoming: Any, recent: Any, failed_count: Any = 0, missed_count: 
         "calendar-clock",
         rx.vstack(
             rx.text("Jobs", size="2", weight="bold", color_scheme="gray"),
-            _table(upcoming, "No cron jobs are scheduled.",
-                   ("Job", "Next run (UTC)", "Last result", "Missed 24 h", ""), job_row),
+            _table(upcoming, "No cron jobs are scheduled.", JOB_HEADERS, job_row),
             rx.text("Recent runs", size="2", weight="bold", color_scheme="gray",
                     padding_top="0.5em"),
             _table(recent, "No cron run has been recorded yet.", RUN_HEADERS, run_row),

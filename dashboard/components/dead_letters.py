@@ -8,7 +8,8 @@ from typing import Any
 import reflex as rx
 
 from dashboard.components.badges import dead_letter_status_badge
-from dashboard.components.panel import column_headers, empty_state, panel
+from dashboard.components.panel import (cell, column_headers, data_table, empty_state, panel,
+                                        url_text)
 from dashboard.components.reactive import any_true, each, either, is_empty, negate
 
 EMPTY_MESSAGE = "No failed deliveries."
@@ -43,33 +44,34 @@ def dead_letter_row(entry: Any, busy: Any = False, on_retry: Any = None,
     not_active = status != "active"
     return rx.table.row(
         rx.table.row_header_cell(rx.text(f"#{entry['id']}", weight="medium", size="2")),
-        rx.table.cell(
+        cell(
             rx.vstack(
-                rx.text(entry["endpoint_url"], size="2", max_width="260px",
-                        overflow="hidden", text_overflow="ellipsis", white_space="nowrap",
-                        title=entry["endpoint_url"]),
+                url_text(entry["endpoint_url"], "min(260px, 25vw)", size="2"),
                 rx.text(entry["event_type"], size="1", color_scheme="gray"),
                 spacing="0",
             ),
+            label="Endpoint",
         ),
-        rx.table.cell(
+        cell(
             rx.code(entry["payload_preview"], size="1", variant="soft", color_scheme="gray",
                     display="block", max_width="300px", overflow="hidden",
                     text_overflow="ellipsis", white_space="nowrap",
                     title=entry["payload_preview"]),
+            label="Payload", hide_below=1024,
         ),
-        rx.table.cell(
+        cell(
             rx.vstack(
                 rx.text(entry["reason_label"], size="2"),
                 rx.text(f"{entry['attempts_label']} · {entry['failed_at']}", size="1",
                         color_scheme="gray"),
                 spacing="0",
             ),
+            label="Failure",
         ),
-        rx.table.cell(dead_letter_status_badge(status)),
-        rx.table.cell(
+        cell(dead_letter_status_badge(status), label="Status"),
+        cell(
             retry_button(entry["id"], busy, any_true(busy, not_active, negate(can_retry)), on_retry),
-            justify="end",
+            justify="end", actions=True,
         ),
         class_name=f"dlq-row dlq-status-{status}",
         id=f"dlq-entry-{entry['id']}",
@@ -90,14 +92,12 @@ def dead_letter_table(entries: Any, is_busy: Callable[[Any], Any] = lambda _id: 
     return either(
         is_empty(entries),
         empty_state(EMPTY_MESSAGE, icon="circle-check", class_name="dlq-empty"),
-        rx.table.root(
-            column_headers("ID", "Endpoint", "Payload", "Failure", "Status", ""),
+        data_table(
+            column_headers("ID", "Endpoint", "Payload", "Failure", "Status", "",
+                           hide_below={"Payload": 1024}),
             rx.table.body(each(entries, lambda entry: dead_letter_row(
                 entry, busy=is_busy(entry["id"]),
                 on_retry=on_retry(entry["id"]) if on_retry else None, can_retry=can_retry))),
-            variant="ghost",
-            size="1",
-            width="100%",
         ),
     )
 

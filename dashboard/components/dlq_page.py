@@ -14,7 +14,8 @@ import reflex as rx
 from reflex.vars import Var
 
 from dashboard.components.badges import DEAD_LETTER_STATUSES, dead_letter_status_badge
-from dashboard.components.panel import column_headers, empty_state, panel
+from dashboard.components.panel import (STACKED_TABLE, cell, column_headers, data_table,
+                                        empty_state, panel, url_text)
 from dashboard.components.reactive import any_true, each, either, is_empty, negate
 
 Event = Callable[..., Any] | None
@@ -139,19 +140,18 @@ def entry_row(entry: Any, busy: Any = False, *, can_operate: Any = True, is_admi
         rx.table.row_header_cell(rx.link(
             f"#{entry_id}", href="#", weight="medium", size="2",
             **_on(on_click=(on_detail(entry_id).prevent_default) if on_detail else None))),
-        rx.table.cell(rx.vstack(
+        cell(rx.vstack(
             rx.text(entry["event_type"], size="2"),
-            rx.text(entry["endpoint_url"], size="1", color_scheme="gray", max_width="260px",
-                    overflow="hidden", text_overflow="ellipsis", white_space="nowrap",
-                    title=entry["endpoint_url"]),
-            spacing="0")),
-        rx.table.cell(rx.vstack(
+            url_text(entry["endpoint_url"], "min(260px, 25vw)", size="1", color_scheme="gray"),
+            spacing="0"), label="Event · endpoint"),
+        cell(rx.vstack(
             rx.text(entry["reason_label"], size="2"),
             rx.text(entry["attempts_label"], size="1", color_scheme="gray"),
-            spacing="0")),
-        rx.table.cell(rx.text(entry["failed_at"], size="1", white_space="nowrap")),
-        rx.table.cell(dead_letter_status_badge(status)),
-        rx.table.cell(rx.hstack(
+            spacing="0"), label="Failure"),
+        cell(rx.text(entry["failed_at"], size="1", white_space="nowrap"),
+             label="Failed at (UTC)"),
+        cell(dead_letter_status_badge(status), label="Status"),
+        cell(rx.hstack(
             _action("Details", "file-search", entry_id, on_detail),
             _action("Retry", "rotate-ccw", entry_id, on_retry, color="indigo", busy=busy,
                     disabled=any_true(status != "active", negate(can_operate))),
@@ -160,7 +160,7 @@ def entry_row(entry: Any, busy: Any = False, *, can_operate: Any = True, is_admi
                                       negate(can_operate))),
             either(is_admin, _action("Delete", "trash-2", entry_id, on_delete, color="red",
                                      busy=busy, disabled=status == "retrying"), rx.fragment()),
-            spacing="2", justify="end")),
+            spacing="2", justify="end"), actions=True),
         class_name=f"dlq-page-row dlq-status-{status}",
         id=f"dlq-page-entry-{entry_id}",
         align="center",
@@ -173,10 +173,10 @@ def entry_table(rows: Any, is_busy: Callable[[Any], Any] = lambda _id: False,
     return either(
         is_empty(rows),
         empty_state(EMPTY_MESSAGE, icon="search-x", class_name="dlq-page-empty"),
-        rx.table.root(
+        data_table(
             column_headers("ID", "Event · endpoint", "Failure", "Failed at (UTC)", "Status", ""),
             rx.table.body(each(rows, lambda entry: entry_row(entry, is_busy(entry["id"]), **row))),
-            variant="ghost", size="1", width="100%", id="dlq-page-table",
+            id="dlq-page-table",
         ),
     )
 
@@ -222,7 +222,7 @@ def dlq_panel(table: rx.Component, pager_: rx.Component, *, actions: rx.Componen
 
 def _fact(label: str, value: Any) -> rx.Component:
     return rx.vstack(rx.text(label, size="1", color_scheme="gray"),
-                     rx.text(value, size="2", word_break="break-all"), spacing="0")
+                     rx.text(value, size="2", overflow_wrap="anywhere"), spacing="0")
 
 
 def _section(title: str, *children: rx.Component, **props: Any) -> rx.Component:
@@ -237,8 +237,9 @@ def _small_table(headers: tuple[str, ...], rows: Any,
         rx.table.root(
             column_headers(*headers),
             rx.table.body(each(rows, lambda item: rx.table.row(
-                *(rx.table.cell(rx.text(cell, size="1")) for cell in cells(item))))),
-            variant="surface", size="1", width="100%"),
+                *(cell(rx.text(value, size="1", overflow_wrap="anywhere"), label=header)
+                  for header, value in zip(headers, cells(item), strict=True))))),
+            variant="surface", size="1", width="100%", class_name=STACKED_TABLE),
     )
 
 
@@ -255,7 +256,8 @@ def detail_dialog(open_: Any, fields: Any, payload: Any, headers: Any, attempts:
             rx.dialog.description(
                 rx.hstack(dead_letter_status_badge(_get(fields, "status")),
                           rx.text(_get(fields, "event_type"), " → ",
-                                  rx.code(_get(fields, "endpoint_url")), size="2"),
+                                  rx.code(_get(fields, "endpoint_url")), size="2",
+                                  overflow_wrap="anywhere", min_width="0"),  # long URLs
                           spacing="2", align="center", wrap="wrap"),
                 margin_bottom="1em"),
             rx.vstack(
@@ -268,7 +270,7 @@ def detail_dialog(open_: Any, fields: Any, payload: Any, headers: Any, attempts:
                     _fact("Application id", _get(fields, "app_id")),
                     _fact("Message id", _get(fields, "message_id")),
                     _fact("Delivery id", _get(fields, "delivery_id")),
-                    columns="4", spacing="3", width="100%"),
+                    columns=rx.breakpoints(initial="2", sm="4"), spacing="3", width="100%"),
                 _section("Payload", rx.el.pre(
                     payload, id="dlq-detail-payload", font_family="var(--code-font-family)",
                     font_size="12px", padding="0.75em", border_radius="6px", margin="0",

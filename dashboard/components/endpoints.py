@@ -14,7 +14,8 @@ import reflex as rx
 from reflex.vars import Var
 
 from dashboard.components.badges import status_badge
-from dashboard.components.panel import column_headers, empty_state, panel
+from dashboard.components.panel import (cell, column_headers, data_table, empty_state, panel,
+                                        url_text)
 from dashboard.components.reactive import any_true, each, either, is_empty, negate, pick
 
 EMPTY_MESSAGE = "No endpoints yet. Create one with POST /v1/endpoints."
@@ -38,9 +39,12 @@ def _get(mapping: Mapping[str, Any] | Var, key: str) -> Any:
 
 def health_badge(health: Any, label: Any) -> rx.Component:
     """Healthy (green), Failing since … (amber), Disabled (gray)."""
-    cases = {key: status_badge(label, color, class_name=f"health-badge health-badge-{key}")
+    # "Failing since …" may go on two lines where the table is short of room
+    cases = {key: status_badge(label, color, class_name=f"health-badge health-badge-{key}",
+                               white_space="normal")
              for key, color in HEALTH_COLORS.items()}
-    return pick(health, cases, status_badge(label, "gray", class_name="health-badge"))
+    return pick(health, cases, status_badge(label, "gray", class_name="health-badge",
+                                            white_space="normal"))
 
 
 def _actions(row: Any, busy: Any, on_disable: Event, on_enable: Event,
@@ -83,29 +87,32 @@ def endpoint_row(row: Any, busy: Any = False, on_disable: Event = None, on_enabl
     (admins: the role checks in the handlers are the real gate, this spares a refusal)."""
     return rx.table.row(
         rx.table.row_header_cell(rx.vstack(
-            rx.text(row["app_name"], weight="medium", size="2", white_space="nowrap"),
+            rx.text(row["app_name"], weight="medium", size="2", white_space="nowrap",
+                    max_width="min(200px, 14vw)", overflow="hidden", text_overflow="ellipsis",
+                    title=row["app_name"]),
             rx.text(f"#{row['id']}", size="1", color_scheme="gray"),
             spacing="0",
         )),
-        rx.table.cell(rx.vstack(
-            rx.text(row["url"], size="2", max_width="280px", overflow="hidden",
-                    text_overflow="ellipsis", white_space="nowrap", title=row["url"]),
+        cell(rx.vstack(
+            url_text(row["url"], "min(280px, 22vw)", size="2"),
             rx.text(row["events_label"], size="1", color_scheme="gray"),
             spacing="0",
-        )),
-        rx.table.cell(rx.vstack(
+        ), label="Endpoint"),
+        cell(rx.vstack(
             health_badge(row["health"], row["health_label"]),
-            rx.text(row["reason_label"], size="1", color_scheme="gray", max_width="200px",
+            rx.text(row["reason_label"], size="1", color_scheme="gray",
+                    max_width="min(200px, 18vw)",
                     overflow="hidden", text_overflow="ellipsis", white_space="nowrap",
                     title=row["reason_label"]),
             spacing="1",
-        )),
-        rx.table.cell(rx.text(row["in_flight"], size="2")),
-        rx.table.cell(rx.text(row["success_label"], size="2", white_space="nowrap")),
-        rx.table.cell(rx.text(row["retry_summary"], size="1",
-                              color_scheme=either(row["retry_is_default"], "gray", "indigo"))),
-        rx.table.cell(either(can_manage, _actions(row, busy, on_disable, on_enable, on_edit_retry,
-                                                  on_resync), rx.fragment())),
+        ), label="Health"),
+        cell(rx.text(row["in_flight"], size="2"), label="In flight", hide_below=1280),
+        cell(rx.text(row["success_label"], size="2"), label="Success (1 h)"),
+        cell(rx.text(row["retry_summary"], size="1",
+                     color_scheme=either(row["retry_is_default"], "gray", "indigo")),
+             label="Retry policy", hide_below=1280),
+        cell(either(can_manage, _actions(row, busy, on_disable, on_enable, on_edit_retry,
+                                         on_resync), rx.fragment()), actions=True),
         class_name=f"endpoint-row endpoint-health-{row['health']}",
         id=f"endpoint-{row['id']}",
         align="center",
@@ -120,15 +127,13 @@ def endpoint_table(rows: Any, is_busy: Callable[[Any], Any] = lambda _id: False,
     return either(
         is_empty(rows),
         empty_state(EMPTY_MESSAGE, icon="webhook", class_name="endpoints-empty"),
-        rx.table.root(
+        data_table(
             column_headers("Application", "Endpoint", "Health", "In flight",
-                           "Success (1 h)", "Retry policy", ""),
+                           "Success (1 h)", "Retry policy", "",
+                           hide_below={"In flight": 1280, "Retry policy": 1280}, wrap=True),
             rx.table.body(each(rows, lambda row: endpoint_row(
                 row, busy=is_busy(row["id"]), on_disable=on_disable, on_enable=on_enable,
                 on_edit_retry=on_edit_retry, can_manage=can_manage, on_resync=on_resync))),
-            variant="ghost",
-            size="1",
-            width="100%",
         ),
     )
 

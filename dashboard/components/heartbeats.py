@@ -9,7 +9,7 @@ from typing import Any
 import reflex as rx
 
 from dashboard.components.badges import agent_status_badge
-from dashboard.components.panel import column_headers, empty_state, panel
+from dashboard.components.panel import cell, column_headers, data_table, empty_state, panel
 from dashboard.components.reactive import each, either, is_empty, pick
 
 EMPTY_MESSAGE = "No workers have reported a heartbeat."
@@ -28,14 +28,15 @@ def agent_row(agent: Any) -> rx.Component:
         rx.table.row_header_cell(
             rx.vstack(
                 rx.text(agent["id"], weight="medium", size="2", white_space="nowrap"),
+                # may wrap: the monitor shares its row with the cron panel (40 % of it)
                 rx.text(f"{_field(agent, 'queue_label', agent['kind'])} · "
                         f"{agent['where_label']}", size="1", color_scheme="gray",
-                        white_space="nowrap"),
+                        overflow_wrap="anywhere"),
                 spacing="0",
             ),
         ),
-        rx.table.cell(agent_status_badge(status)),
-        rx.table.cell(
+        cell(agent_status_badge(status), label="Status"),
+        cell(
             rx.vstack(
                 rx.text(agent["age_label"], size="2", weight="medium", white_space="nowrap",
                         class_name="agent-last-seen"),
@@ -43,14 +44,15 @@ def agent_row(agent: Any) -> rx.Component:
                         white_space="nowrap"),
                 spacing="0",
             ),
+            label="Last seen",
         ),
-        rx.table.cell(
+        cell(
             rx.vstack(
                 rx.text(_field(agent, "running_label"), size="2", white_space="nowrap"),
-                rx.text(_field(agent, "totals_label"), size="1", color_scheme="gray",
-                        white_space="nowrap"),
+                rx.text(_field(agent, "totals_label"), size="1", color_scheme="gray"),
                 spacing="0",
             ),
+            label="Work",
         ),
         class_name=f"agent-row agent-status-{status}",
         custom_attrs={"data-agent-id": agent["id"]},
@@ -63,13 +65,8 @@ def heartbeat_table(agents: Any) -> rx.Component:
     return either(
         is_empty(agents),
         empty_state(EMPTY_MESSAGE, icon="heart-off"),
-        rx.table.root(
-            column_headers("Worker", "Status", "Last seen", "Work"),
-            rx.table.body(each(agents, agent_row)),
-            variant="ghost",
-            size="1",
-            width="100%",
-        ),
+        data_table(column_headers("Worker", "Status", "Last seen", "Work"),
+                   rx.table.body(each(agents, agent_row))),
     )
 
 
@@ -129,4 +126,5 @@ def heartbeat_panel(agents: Any, alive_count: Any = 0, zombie_count: Any = 0,
             spacing="2",
         ),
         id="heartbeat-monitor-panel",
+        min_width="0",  # a grid item: never wider than its column
     )

@@ -21,17 +21,20 @@ def _nav_link(item: NavItem, active: bool) -> rx.Component:
         border_radius="6px",
         background=rx.color("accent", 3) if active else "transparent",
         aria_current="page" if active else None,
+        class_name="main-nav-link",
     )
 
 
 def _user_menu() -> rx.Component:
-    """The signed-in operator, their role, and Sign out."""
+    """The signed-in operator, their role, and Sign out (on phones: the name and Sign out)."""
     return rx.cond(
         AuthState.signed_in,
         rx.hstack(
-            rx.icon("circle-user", size=16),
-            rx.text(AuthState.user_name, size="2", weight="medium", id="current-user"),
-            rx.badge(AuthState.role, variant="soft", color_scheme="gray", id="current-role"),
+            rx.icon("circle-user", size=16, class_name="current-user-icon"),
+            rx.text(AuthState.user_name, size="2", weight="medium", id="current-user",
+                    class_name="current-user-name", title=AuthState.user_name),
+            rx.badge(AuthState.role, variant="soft", color_scheme="gray", id="current-role",
+                     class_name="current-user-role"),
             rx.button("Sign out", variant="ghost", size="1", on_click=AuthState.logout,
                       id="sign-out"),
             align="center", spacing="2"),
@@ -39,32 +42,31 @@ def _user_menu() -> rx.Component:
 
 
 def header(active_route: str, status: rx.Component | None = None) -> rx.Component:
-    """The top bar: "Observatory", the navigation, and a status slot on the right."""
-    return rx.box(
-        rx.hstack(
+    """The top bar: "Observatory", the navigation, and a status slot on the right.
+
+    One line from 1024 px; below, the navigation takes a second line, and phones keep the
+    logo, the status, the user's name and Sign out (assets/layout.css).
+    """
+    return rx.el.header(
+        rx.box(
             rx.hstack(
                 rx.center(rx.icon("radar", size=18, color="white"),
                           width="30px", height="30px", border_radius="8px",
-                          background=rx.color("accent", 9)),
-                rx.heading("Observatory", size="4", weight="bold"),
-                rx.separator(orientation="vertical", size="1", height="20px"),
-                rx.hstack(*(_nav_link(item, item.route == active_route) for item in NAV),
-                          as_="nav", spacing="1", aria_label="Main"),
+                          background=rx.color("accent", 9), role="img", aria_label="Observatory"),
+                rx.heading("Observatory", size="4", weight="bold",
+                           class_name="header-brand-name"),
+                rx.separator(orientation="vertical", size="1", height="20px",
+                             class_name="header-separator"),
                 align="center",
                 spacing="3",
+                class_name="header-brand",
             ),
-            rx.hstack(
-                status or rx.fragment(),
-                _user_menu(),
-                align="center", spacing="4"),
-            justify="between",
-            align="center",
-            max_width="1280px",
-            margin_x="auto",
-            padding_x="1.5em",
-            height="56px",
+            rx.el.nav(*(_nav_link(item, item.route == active_route) for item in NAV),
+                      aria_label="Main", id="main-nav", class_name="main-nav"),
+            rx.box(status or rx.fragment(), _user_menu(), class_name="header-aside"),
+            class_name="page-header-bar",
         ),
-        as_="header",
+        id="page-header",
         border_bottom=f"1px solid {rx.color('gray', 5)}",
         background=rx.color("gray", 1),
         position="sticky",
@@ -78,13 +80,7 @@ def shell(active_route: str, *content: rx.Component,
     """Header plus a centred main column."""
     return rx.box(
         header(active_route, status),
-        rx.box(
-            *content,
-            as_="main",
-            max_width="1280px",
-            margin_x="auto",
-            padding="1.5em",
-        ),
+        rx.el.main(*content, class_name="page-main"),
         min_height="100vh",
         background=rx.color("gray", 2),
     )

@@ -41,9 +41,10 @@ def login_page() -> rx.Component:
                 on_submit=AuthState.login,
                 reset_on_submit=False,
             ),
-            width="360px", size="3",
+            width="100%", max_width="360px", size="3",
         ),
         as_="main",
         min_height="100vh",
+        padding="1em",
         background=rx.color("gray", 2),
     )

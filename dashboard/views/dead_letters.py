@@ -17,8 +17,8 @@ def _bulk_actions() -> rx.Component:
             retry_all_button(DeadLetterState.failed_count, AuthState.can_operate, B.preparing,
                              on_click=B.ask_retry_all({})),
             rx.text("Re-deliver every failed entry once, paced per endpoint; pause or cancel "
-                    "at any time.", size="1", color_scheme="gray"),
-            align="center", spacing="3"),
+                    "at any time.", size="1", color_scheme="gray", min_width="14em", flex="1"),
+            align="center", spacing="3", wrap="wrap"),
         operations_list(B.operations, is_busy=B.busy.contains, can_act=AuthState.can_operate,
                         on_pause=B.pause, on_resume=B.resume, on_cancel=B.cancel),
         rx.cond(B.finished_summary != "", rx.box(on_mount=B.announce, display="none")),

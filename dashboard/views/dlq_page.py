@@ -42,8 +42,8 @@ def _retry_all() -> rx.Component:
                       aria_label="Retry all failed deliveries matching the filters"),
             rx.text("Re-deliver once every failed entry matching the filters (whatever the "
                     "status filter), paced per endpoint; pause or cancel at any time.",
-                    size="1", color_scheme="gray"),
-            align="center", spacing="3"),
+                    size="1", color_scheme="gray", min_width="14em", flex="1"),
+            align="center", spacing="3", wrap="wrap"),
         operations_list(B.operations, is_busy=B.busy.contains, can_act=AuthState.can_operate,
                         on_pause=B.pause, on_resume=B.resume, on_cancel=B.cancel),
         # an operation this session watched has ended: its summary toast, and fresh rows

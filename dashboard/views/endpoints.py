@@ -14,7 +14,7 @@ def endpoints_status() -> rx.Component:
     """Header slot: time of the last refresh and a Refresh button."""
     return rx.hstack(
         rx.text(rx.cond(S.refreshed_at != "", f"Updated {S.refreshed_at} UTC", ""),
-                size="1", color_scheme="gray"),
+                size="1", color_scheme="gray", class_name="header-detail"),
         rx.icon_button(rx.icon("refresh-cw", size=14), on_click=S.load, size="1",
                        variant="ghost", aria_label="Refresh endpoints"),
         align="center",

@@ -25,7 +25,7 @@ def live_status() -> rx.Component:
         rx.text(
             rx.cond(SchedulerState.refreshed_at != "",
                     f"Updated {SchedulerState.refreshed_at} UTC", ""),
-            size="1", color_scheme="gray",
+            size="1", color_scheme="gray", class_name="header-detail",
         ),
         align="center",
         spacing="2",

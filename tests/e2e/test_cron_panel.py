@@ -1,5 +1,6 @@
 """The Cron Job Dashboard in a real browser: every run state shows with its class, and a failed
-run retried from the page runs on the stack's worker and appears succeeded, pushed live."""
+run retried from the page runs on the stack's worker and appears succeeded, pushed live. Then,
+on the same stack, every page in narrow windows (tests/e2e/layout.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ from jobs.cron import register_cron_jobs
 from models.cron import CronRun
 from models.enums import CronRunStatus
 from tests.e2e.conftest import ARTIFACTS
+from tests.e2e.layout import (PHONE, WIDTHS, assert_fits, assert_header_usable, assert_usable,
+                              go_to)
 from tests.e2e.test_scheduler import sign_in
+from tests.factories import make_dead_letter, make_endpoint
+
+#: long enough to need cutting or wrapping on a phone
+LONG_URL = "https://hooks.example.com/observatory/webhooks/orders/v2/receive?tenant=acme-industries"
+LONG_ERROR = ("ConnectError: [Errno 111] Connection refused while connecting to "
+              "hooks.example.com:443 (after 3 attempts, the last 5 minutes ago)")
 
 
 def _cls(name: str) -> re.Pattern[str]:
@@ -63,9 +72,19 @@ async def test_cron_states_show_and_a_failed_run_is_retried_from_the_page(db, re
                                   scheduled_at=now - timedelta(minutes=20), status="failed",
                                   started_at=now - timedelta(minutes=20), duration_ms=40,
                                   error="RuntimeError: database is locked")
+    endpoint = await make_endpoint(LONG_URL)
+    entry = await make_dead_letter(endpoint, event_type="customer.subscription.updated",
+                                   last_error=LONG_ERROR)
 
     page = await browser.new_page(viewport={"width": 1500, "height": 1200})
-    await sign_in(page, stack)
+    # the login page fits every width, and works on a phone
+    await page.goto(f"{stack}/login")
+    await expect(page.locator("#login-submit")).to_be_visible(timeout=60_000)
+    await assert_fits(page, "login")
+    await assert_usable(page.locator("#login-name"), page.locator("#login-password"),
+                        page.locator("#login-submit"))
+    await sign_in(page, stack)  # at phone width
+    await page.set_viewport_size({"width": 1500, "height": 1200})
     panel = page.locator("#cron-dashboard-panel")
     await expect(panel).to_be_visible(timeout=60_000)
     for run, status in ((done, "succeeded"), (running, "running"), (missed, "missed"),
@@ -92,8 +111,8 @@ async def test_cron_states_show_and_a_failed_run_is_retried_from_the_page(db, re
     assert await page.evaluate("window.__observatoryMarker") == "same page"
     await page.screenshot(path=str(ARTIFACTS / "cron-panel-retried.png"), full_page=True)
     # beside the heartbeats (3 : 2 of the row) the panel fits without sideways scrolling,
-    # the retried run's row included; then on its own row (narrow screens)
-    for width in (1500, 1280, 1024):
+    # the retried run's row included; then on its own row (narrow screens), as cards on phones
+    for width in (1500, 1280, 1024, 1000, 768, PHONE):
         await page.set_viewport_size({"width": width, "height": 1200})
         await expect(page.locator(f"#cron-run-{retry.id}")).to_be_visible()
         assert await _sideways(page) == [], f"viewport {width}px"
@@ -105,3 +124,48 @@ async def test_cron_states_show_and_a_failed_run_is_retried_from_the_page(db, re
     await page.get_by_role("button", name="Resume scaling_evaluation").click()
     await expect(page.locator("#cron-job-scaling_evaluation")).to_have_class(
         _cls("cron-status-pending"), timeout=10_000)
+
+    # narrow windows: no page scrolls sideways (nor any table in its box) at any of WIDTHS;
+    # on a phone the header, the cron and DLQ actions and each page's controls work
+    await expect(page.locator(f"#dlq-entry-{entry.id}")).to_be_visible()
+    await assert_fits(page, "Scheduler", WIDTHS)
+    await assert_header_usable(page)
+    await expect(page.locator(f"#cron-run-{missed.id}")).to_have_class(_cls("cron-status-missed"))
+    await assert_usable(page.locator("#retry-all-button"),
+                        page.get_by_role("button", name=f"Retry delivery {entry.id}"),
+                        page.get_by_role("button", name="Run retention now"),
+                        page.get_by_role("button", name=f"Retry cron run {missed.id}"))
+    await page.get_by_role("button", name="Pause zombie_sweep").click()
+    await expect(page.locator("#cron-job-zombie_sweep")).to_have_class(
+        _cls("cron-status-paused"), timeout=10_000)
+    await page.get_by_role("button", name="Resume zombie_sweep").click()
+    await expect(page.locator("#cron-job-zombie_sweep")).to_have_class(
+        _cls("cron-status-pending"), timeout=10_000)
+    await page.screenshot(path=str(ARTIFACTS / "scheduler-phone.png"), full_page=True)
+
+    await go_to(page, "Dead letters")
+    await expect(page.locator(f"#dlq-page-entry-{entry.id}")).to_be_visible(timeout=10_000)
+    await assert_fits(page, "Dead letters", WIDTHS)
+    await assert_usable(page.locator("#dlq-filter-event_type"), page.locator("#dlq-filter-apply"),
+                        page.locator("#dlq-export"), page.locator("#dlq-retry-all-matching"),
+                        *(page.get_by_role("button", name=f"{action} DLQ entry {entry.id}")
+                          for action in ("Details", "Retry", "Archive")))
+    await page.get_by_role("button", name=f"Details DLQ entry {entry.id}").click()
+    await expect(page.locator("#dlq-detail-payload")).to_be_visible()
+    await assert_fits(page, "the DLQ entry's detail", (PHONE,))
+    await assert_usable(page.locator("#dlq-detail-retry"), page.locator("#dlq-detail-close"))
+    await page.screenshot(path=str(ARTIFACTS / "dlq-detail-phone.png"))
+    await page.locator("#dlq-detail-close").click()
+    await expect(page.locator("#dlq-detail")).to_have_count(0)
+
+    await go_to(page, "Endpoints")
+    await expect(page.locator(f"#endpoint-{endpoint.id}")).to_be_visible(timeout=10_000)
+    await assert_fits(page, "Endpoints", WIDTHS)
+    await assert_usable(page.get_by_role("button", name="Refresh endpoints"))
+
+    await go_to(page, "Audit log")
+    await expect(page.locator(".audit-row").first).to_be_visible(timeout=10_000)
+    await assert_fits(page, "Audit log", WIDTHS)
+    await assert_usable(page.locator("#audit-filter-action"), page.locator("#audit-filter-apply"),
+                        page.get_by_role("link", name="cron.retry").first)
+    await page.screenshot(path=str(ARTIFACTS / "audit-phone.png"), full_page=True)
