@@ -111,9 +111,10 @@ class Stack:
 
 
 @contextmanager
-def stack(database_url: str, **env: str) -> Iterator[Stack]:
-    """Redis, the receiver and a reset database; the process environment points at them (so
-    this process's tortoise and Redis clients use them too)."""
+def stack(database_url: str, *, reset: bool = True, **env: str) -> Iterator[Stack]:
+    """Redis, the receiver and a reset database (`reset=False`: as it is, to reuse an earlier
+    run's rows); the process environment points at them (so this process's tortoise and Redis
+    clients use them too)."""
     tmp = Path(tempfile.mkdtemp(prefix="observatory-bench-"))
     redis = EmbeddedRedis(tmp / "redis").start()
     port = free_port()
@@ -125,7 +126,7 @@ def stack(database_url: str, **env: str) -> Iterator[Stack]:
     st = Stack(url, tmp, redis, port, os.environ.copy())
     st.start("receiver", [sys.executable, "-m", "bench.receiver", "--port", str(port)])
     try:
-        if st.is_postgres:
+        if st.is_postgres and reset:
             asyncio.run(_reset_postgres(url))
         yield st
     finally:
