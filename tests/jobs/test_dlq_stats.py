@@ -126,6 +126,18 @@ async def test_entries_of_several_deleted_endpoints_are_one_group(db):
         {"endpoint_id": None, "endpoint_url": "http://127.0.0.1:9/b", "count": 3}]
 
 
+async def test_stats_inside_a_callers_transaction(db):
+    """Called within a transaction (its snapshot is then the caller's), stats still answer,
+    with the changes the transaction made so far."""
+    endpoint = await make_endpoint("http://127.0.0.1:9/t")
+    await make_dead_letter(endpoint)
+    async with in_transaction():
+        await make_dead_letter(endpoint, status=S.ARCHIVED, event_type="order.paid")
+        stats = await dlq.stats(DlqFilter())
+        assert stats == await expected(DlqFilter())
+    assert stats["by_status"]["archived"] == 1 and stats["total"] == 2
+
+
 def consistent(stats: dict[str, Any]) -> bool:
     """Whether the figures of one answer agree with each other (one snapshot's figures do)."""
     total = stats["total"]
