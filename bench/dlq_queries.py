@@ -38,21 +38,25 @@ def _status(i: int) -> str:
 
 
 class _SqlLog(logging.Handler):
-    """Collects the (query, values) tortoise's asyncpg client logs at DEBUG."""
+    """Collects the (query, values) tortoise's asyncpg client logs at DEBUG, and the SET
+    statements (a transaction's isolation and planner settings) it runs as scripts."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.sql: list[tuple[str, list]] = []
+        self.settings: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         if isinstance(record.args, tuple) and len(record.args) == 2:
             query, values = record.args
-            if isinstance(query, str) and query.lstrip().upper().startswith("SELECT"):
+            if isinstance(query, str) and query.lstrip().upper().startswith(("SELECT", "WITH")):
                 self.sql.append((query, list(values or [])))
+        elif isinstance(record.msg, str) and record.msg.lstrip().upper().startswith("SET "):
+            self.settings.append(record.msg)
 
 
 async def _explain(client: httpx.AsyncClient, path: str) -> None:
-    from tortoise import connections
+    from tortoise.transactions import in_transaction
 
     log = _SqlLog()
     logger = logging.getLogger("tortoise.db_client")
@@ -63,14 +67,17 @@ async def _explain(client: httpx.AsyncClient, path: str) -> None:
     finally:
         logger.removeHandler(log)
         logger.setLevel(logging.WARNING)
-    conn = connections.get("default")
-    for query, values in log.sql:
-        if "dead_letter" not in query:
-            continue  # the token and user look-ups
-        rows = await conn.execute_query_dict(f"EXPLAIN (ANALYZE, BUFFERS) {query}", values)
-        print(f"  {query}  {values}")
-        for row in rows:
-            print(f"    {row['QUERY PLAN']}")
+    async with in_transaction() as conn:
+        for script in log.settings:  # as the request's transaction had them
+            await conn.execute_script(script)
+            print(f"  {script}")
+        for query, values in log.sql:
+            if "dead_letter" not in query:
+                continue  # the token and user look-ups
+            rows = await conn.execute_query_dict(f"EXPLAIN (ANALYZE, BUFFERS) {query}", values)
+            print(f"  {query}  {values}")
+            for row in rows:
+                print(f"    {row['QUERY PLAN']}")
 
 
 async def run(args: argparse.Namespace, st: Stack) -> list[tuple[str, str, str]]:
