@@ -3,11 +3,12 @@
 One statement reads the matching entries once: `g` counts them per (status, event type,
 endpoint) — one group per combination present, a few thousand at most in practice however many
 entries — and three groupings of that small result give the totals by status (with the oldest
-and newest entry), by event type and by endpoint, with the current URL of each endpoint. On PostgreSQL an unfiltered count is an
-index-only scan of `idx_dead_letter_stats` (status, event_type, endpoint_id, created_at:
-migration 0010), already in the order of the grouping — the statement prices out-of-order page
-reads as for data in memory (RANDOM_PAGE_COST), so the planner keeps to the index once updates
-have grown it; on SQLite the same index covers it.
+and newest entry), by event type and by endpoint, with the current URL of each endpoint.
+
+On PostgreSQL an unfiltered count is an index-only scan of `idx_dead_letter_stats` (status,
+event_type, endpoint_id, created_at: migration 0010), already in the order of the grouping; the
+statement prices out-of-order page reads as for data in memory (RANDOM_PAGE_COST), so the
+planner keeps to the index once updates have grown it. On SQLite the same index covers it.
 
 Every figure comes from one snapshot (a read-only REPEATABLE READ transaction on PostgreSQL, a
 transaction on SQLite): the totals agree with each other whatever changes meanwhile. Entries of
@@ -36,8 +37,8 @@ RANDOM_PAGE_COST = 1.1
 
 #: `{entries}`: the filter's query (models.dlq_filter.select) of the four columns, named as
 #: they are, with its parameters (a subquery, not a CTE of its own: SQLite would copy it whole
-#: into a temporary table). Rows: (0, status, NULL, count, oldest, newest), (1, event type, NULL, count),
-#: (2, NULL, endpoint id, count), (3, url, endpoint id) for each endpoint still there.
+#: into a temporary table). Rows: (0, status, NULL, count, oldest, newest), (1, event type,
+#: NULL, count), (2, NULL, endpoint id, count), (3, url, endpoint id) per endpoint still there.
 _STATS = """
 WITH g AS (
     SELECT status, event_type, endpoint_id, COUNT(*) AS n, MIN(created_at) AS lo,

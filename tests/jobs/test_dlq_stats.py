@@ -51,7 +51,7 @@ async def expected(f: DlqFilter) -> dict[str, Any]:
 
 async def varied_dlq() -> dict[str, Any]:
     """Two applications, more endpoints than the stats list, every status and event type,
-    entries of unequal sizes per endpoint and created over ten days."""
+    unequal numbers of entries per endpoint, created over ten days."""
     shop, crm = await Application.create(name="shop"), await Application.create(name="crm")
     endpoints = [await make_endpoint(f"http://127.0.0.1:9/e{i}", shop if i % 3 else crm)
                  for i in range(TOP_ENDPOINTS + 4)]
