@@ -111,9 +111,10 @@ class Stack:
 
 
 @contextmanager
-def stack(database_url: str, **env: str) -> Iterator[Stack]:
-    """Redis, the receiver and a reset database; the process environment points at them (so
-    this process's tortoise and Redis clients use them too)."""
+def stack(database_url: str, *, reset: bool = True, **env: str) -> Iterator[Stack]:
+    """Redis, the receiver and a reset database (`reset=False`: as it is, to reuse an earlier
+    run's rows); the process environment points at them (so this process's tortoise and Redis
+    clients use them too)."""
     tmp = Path(tempfile.mkdtemp(prefix="observatory-bench-"))
     redis = EmbeddedRedis(tmp / "redis").start()
     port = free_port()
@@ -125,7 +126,7 @@ def stack(database_url: str, **env: str) -> Iterator[Stack]:
     st = Stack(url, tmp, redis, port, os.environ.copy())
     st.start("receiver", [sys.executable, "-m", "bench.receiver", "--port", str(port)])
     try:
-        if st.is_postgres:
+        if st.is_postgres and reset:
             asyncio.run(_reset_postgres(url))
         yield st
     finally:
@@ -267,8 +268,11 @@ async def _fill_postgres(url: str, spec: FillSpec) -> int:
             for table in starts:
                 await conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                                    f"(SELECT MAX(id) FROM {table}))")
-        # what autovacuum would do within a minute of such a load; plans depend on it
-        await conn.execute("ANALYZE message, delivery, dead_letter")
+        # what autovacuum would do within a minute of such a load (an insert-only load this
+        # size triggers both its ANALYZE and, since PostgreSQL 13, its VACUUM); plans depend on
+        # it: statistics, and the visibility map that index-only scans (the DLQ stats) need.
+        # Done here because a server may run with autovacuum off, as the bench machine does.
+        await conn.execute("VACUUM (ANALYZE) message, delivery, dead_letter")
     finally:
         await conn.close()
     return starts["dead_letter"]

@@ -47,7 +47,8 @@ class DeadLetter(Model):
 
     class Meta:
         table = "dead_letter"
-        # more in migration 0009: (event_type, id) and, on PostgreSQL, trigram indexes for `q`
+        # more in migrations 0009: (event_type, id) and, on PostgreSQL, trigram indexes for `q`;
+        # 0010: (status, event_type, endpoint_id, created_at) for the stats
         indexes = (("status", "created_at"),)
 
     async def save(self, using_db: BaseDBAsyncClient | None = None, *args: Any,

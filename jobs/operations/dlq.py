@@ -1,5 +1,8 @@
 """DLQ single-entry operations (status, archive, delete), statistics, detail and export.
 
+Statistics live in jobs.operations.dlq_stats (one statement, one snapshot); `stats` is
+re-exported here, where every surface calls it.
+
 The one place these rules live: the REST routes, the CLI and the dashboard call these
 functions. Every change is a compare-and-set (`UPDATE … WHERE status = <what we read>`), so of
 two concurrent changes exactly one applies; it writes one audit row in the same transaction and
@@ -19,23 +22,21 @@ the destructive actions here: archive (also through set_status) and delete.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
 from redis.asyncio import Redis
-from tortoise.functions import Count, Max
 from tortoise.transactions import in_transaction
 
 from jobs import audit
 from jobs.errors import ConflictError, NotFoundError, ValidationError
 from jobs.events import publish_events
+from jobs.operations.dlq_stats import DlqStats, EndpointCount, stats  # noqa: F401 (re-exported)
 from jobs.operations.reasons import check_reason
 from models.dead_letters import DeadLetter
 from models.deliveries import Delivery
 from models.dlq_filter import DlqFilter, select
-from models.endpoints import Endpoint
 from models.enums import DeadLetterStatus, DeliveryStatus
 from models.queries import DeadLetterDetail, DeadLetterRow, get_dead_letter, get_dead_letter_detail
 
@@ -47,22 +48,6 @@ TRANSITIONS: dict[DeadLetterStatus, frozenset[DeadLetterStatus]] = {
     S.ARCHIVED: frozenset({S.ACTIVE}),
 }
 EXPORT_PAGE = 500
-TOP_ENDPOINTS = 20
-
-
-class EndpointCount(TypedDict):
-    endpoint_id: int | None  # None: entries whose endpoint was deleted
-    endpoint_url: str
-    count: int
-
-
-class DlqStats(TypedDict):
-    total: int
-    by_status: dict[str, int]  # every status, zero included
-    by_event_type: dict[str, int]
-    by_endpoint: list[EndpointCount]  # the TOP_ENDPOINTS largest, largest first
-    oldest: str | None
-    newest: str | None
 
 
 class ExportRow(TypedDict):
@@ -231,40 +216,6 @@ async def entry_detail(entry_id: int) -> DeadLetterDetail:
     if detail is None:
         raise NotFoundError(f"DLQ entry {entry_id} does not exist")
     return detail
-
-
-async def stats(f: DlqFilter) -> DlqStats:
-    """Counts of the entries matching `f` (every status unless `f.status` says), in a few
-    aggregate queries whatever the number of entries."""
-    # independent aggregates: run together (separate pooled connections on PostgreSQL), so
-    # the answer takes as long as the slowest one, not the sum
-    statuses, event_types, top, oldest, newest = await asyncio.gather(
-        select(f).annotate(n=Count("id")).group_by("status").values_list("status", "n"),
-        select(f).annotate(n=Count("id")).group_by("event_type").order_by(
-            "-n").values_list("event_type", "n"),  # the entry's own copy: no join
-        _top_endpoints(f), _edge(f, "created_at"), _edge(f, "-created_at"))
-    by_status = {s.value: 0 for s in DeadLetterStatus}
-    for status, n in statuses:
-        by_status[DeadLetterStatus(status).value] = int(n)
-    by_event_type = {str(t): int(n) for t, n in event_types}
-    return DlqStats(total=sum(by_status.values()), by_status=by_status,
-                    by_event_type=by_event_type, by_endpoint=top, oldest=oldest, newest=newest)
-
-
-async def _top_endpoints(f: DlqFilter) -> list[EndpointCount]:
-    rows = await select(f).annotate(n=Count("id"), url=Max("endpoint_url")).group_by(
-        "endpoint_id").order_by("-n", "endpoint_id").limit(TOP_ENDPOINTS).values_list(
-        "endpoint_id", "url", "n")
-    ids = [endpoint_id for endpoint_id, _, _ in rows if endpoint_id is not None]
-    current = dict(await Endpoint.filter(id__in=ids).values_list("id", "url")) if ids else {}
-    return [EndpointCount(endpoint_id=endpoint_id, count=int(n),
-                          endpoint_url=str(current.get(endpoint_id, url) or ""))
-            for endpoint_id, url, n in rows]
-
-
-async def _edge(f: DlqFilter, order: str) -> str | None:
-    found = await select(f).order_by(order).limit(1).values_list("created_at", flat=True)
-    return found[0].astimezone(UTC).isoformat() if found else None
 
 
 async def export_rows(f: DlqFilter, *, page: int = EXPORT_PAGE) -> AsyncIterator[ExportRow]:
