@@ -6,8 +6,10 @@ time under load) but write exactly the rows and values the models describe, on S
 PostgreSQL. On PostgreSQL a batch costs two statements, sent straight to the pooled asyncpg
 connection: the claim (the compare-and-set UPDATE joined to the messages in one CTE) and the
 record (the Attempt rows as arrays through `unnest`, and the successes, in one CTE); measured
-here that is a third of the CPU of the tortoise query path with one statement per step. Rows come back as small plain objects (`ClaimedDelivery`, `ClaimedMessage`) with the
-attribute names of `Delivery` and `Message`, so the rest of the engine treats both alike.
+here that is a third of the CPU of the tortoise query path with one statement per step (their
+errors are asyncpg's own, not tortoise's). Rows come back as small plain objects
+(`ClaimedDelivery`, `ClaimedMessage`) with the attribute names of `Delivery` and `Message`, so
+the rest of the engine treats both alike.
 """
 
 from __future__ import annotations
