@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 
 from bench.deliveries import _reset_postgres
+from dashboard.api import UVICORN_ARGV
 from jobs.embedded_redis import EmbeddedRedis, free_port
 
 BIN = Path(sys.executable).parent
@@ -67,10 +68,10 @@ class Stack:
         return proc
 
     def start_api(self) -> str:
-        """The REST API (`dashboard.api.app:api`) under uvicorn; returns its base URL once
-        `/v1/health` answers 200."""
+        """The REST API (`dashboard.api.app:api`) under uvicorn (uvloop, httptools); returns
+        its base URL once `/v1/health` answers 200."""
         port = free_port()
-        self.start("api", [str(BIN / "uvicorn"), "dashboard.api.app:api", "--host",
+        self.start("api", [str(BIN / UVICORN_ARGV[0]), *UVICORN_ARGV[1:], "--host",
                            "127.0.0.1", "--port", str(port), "--log-level", "warning"])
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
