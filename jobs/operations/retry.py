@@ -21,7 +21,6 @@ from tortoise.transactions import in_transaction
 from jobs import audit
 from jobs.errors import (AlreadyInFlightError, ConfigurationGoneError, ConflictError,
                          NotFoundError, NotRetryableError, OperationError, ValidationError)
-from jobs.events import publish_commands
 from jobs.guard import DestinationBlockedError, check_url
 from jobs.queue import delivery_command
 from models.config import get_settings
@@ -262,8 +261,5 @@ async def _sandbox_retry(entry: DeadLetter, actor: str, overrides: RetryOverride
 
 
 async def _hand_over(redis: ArqRedis, delivery_id: int, events: list[dict[str, Any]]) -> None:
-    """Enqueue the delivery's first try and publish `events`, in one round trip."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for command in [delivery_command(redis, delivery_id), *publish_commands(events)]:
-            pipe.execute_command(*command)
-        await pipe.execute()
+    """Enqueue the delivery's first try and publish `events`: one command, one round trip."""
+    await redis.execute_command(*delivery_command(redis, delivery_id, events=events))
