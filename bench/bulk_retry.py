@@ -35,15 +35,13 @@ import asyncio
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
 from bench._common import (Fill, FillSpec, Stack, as_datetime, describe, fill_dlq,
-                           make_endpoints, make_token, open_db, p95, stack)
+                           http_poster, make_endpoints, make_token, open_db, p95, stack)
 
 CLIENTS = 20
 FINISHED = ("completed", "cancelled", "failed")
@@ -278,7 +276,7 @@ async def single_retries(b: Bench, base: str, token: str) -> None:
     errors: Counter[int] = Counter()
 
     async def client_loop(stop_after: int | None = None) -> None:
-        async with _poster(b.args.load_client, base, token) as post:
+        async with http_poster(b.args.load_client, base, token) as post:
             await post("/v1/operations", None)  # connect and warm up outside the samples
             while not ids.empty() and (stop_after is None or len(samples) < stop_after):
                 entry_id = ids.get_nowait()
@@ -302,33 +300,6 @@ async def single_retries(b: Bench, base: str, token: str) -> None:
              f"request (clients' {mine / n * 1000:.2f} ms); non-202: {dict(errors) or 'none'}",
              "p95 < 50 ms")
     b.rows[-1] = (b.rows[-1][0], f"p95 {p95(samples):.1f} ms", b.rows[-1][2])
-
-
-@asynccontextmanager
-async def _poster(kind: str, base: str, token: str
-                  ) -> AsyncIterator[Callable[[str, bytes | None], Awaitable[int]]]:
-    """One keep-alive client connection as `post(path, body) -> status` (a GET without a
-    body): httpx, or aiohttp, whose own CPU per request is a fraction of httpx's (the clients
-    share this process and the machine with the API, so a heavy client slows what it times)."""
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    if kind == "httpx":
-        async with httpx.AsyncClient(base_url=base, timeout=30, headers=headers) as c:
-            async def post_httpx(path: str, body: bytes | None) -> int:
-                r = await (c.get(path) if body is None else c.post(path, content=body))
-                return r.status_code
-            yield post_httpx
-        return
-    import aiohttp
-
-    async with aiohttp.ClientSession(base, headers=headers,
-                                     timeout=aiohttp.ClientTimeout(total=30),
-                                     connector=aiohttp.TCPConnector(limit=1)) as session:
-        async def post_aiohttp(path: str, body: bytes | None) -> int:
-            async with (session.get(path) if body is None
-                        else session.post(path, data=body)) as r:
-                await r.read()
-                return r.status
-        yield post_aiohttp
 
 
 def _api_cpu_s(st: Stack) -> float:
