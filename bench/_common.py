@@ -10,6 +10,8 @@ the ORM, because the benchmarks measure what happens to a full DLQ, not how it w
 PostgreSQL through asyncpg's COPY, SQLite with executemany in one transaction. Ids are chosen
 by the filler (after the current maximum) and the sequences moved past them, so the rows link
 up without reading anything back.
+
+`http_poster` is the load client of timed REST calls: httpx, or the lighter aiohttp.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +35,7 @@ from typing import Any
 import httpx
 
 from bench.deliveries import _reset_postgres
+from dashboard.api import UVICORN_ARGV
 from jobs.embedded_redis import EmbeddedRedis, free_port
 
 BIN = Path(sys.executable).parent
@@ -67,10 +70,10 @@ class Stack:
         return proc
 
     def start_api(self) -> str:
-        """The REST API (`dashboard.api.app:api`) under uvicorn; returns its base URL once
-        `/v1/health` answers 200."""
+        """The REST API (`dashboard.api.app:api`) under uvicorn (uvloop, httptools); returns
+        its base URL once `/v1/health` answers 200."""
         port = free_port()
-        self.start("api", [str(BIN / "uvicorn"), "dashboard.api.app:api", "--host",
+        self.start("api", [str(BIN / UVICORN_ARGV[0]), *UVICORN_ARGV[1:], "--host",
                            "127.0.0.1", "--port", str(port), "--log-level", "warning"])
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -300,6 +303,35 @@ def _fill_sqlite(path: str, spec: FillSpec) -> int:
     finally:
         conn.close()
     return starts["dead_letter"]
+
+
+# --- load clients -----------------------------------------------------------------------------
+
+@asynccontextmanager
+async def http_poster(kind: str, base: str, token: str
+                      ) -> AsyncIterator[Callable[[str, bytes | None], Awaitable[int]]]:
+    """One keep-alive client connection as `post(path, body) -> status` (a GET without a
+    body): httpx, or aiohttp, whose own CPU per request is a fraction of httpx's (the clients
+    share this process and the machine with the API, so a heavy client slows what it times)."""
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    if kind == "httpx":
+        async with httpx.AsyncClient(base_url=base, timeout=30, headers=headers) as c:
+            async def post_httpx(path: str, body: bytes | None) -> int:
+                r = await (c.get(path) if body is None else c.post(path, content=body))
+                return r.status_code
+            yield post_httpx
+        return
+    import aiohttp
+
+    async with aiohttp.ClientSession(base, headers=headers,
+                                     timeout=aiohttp.ClientTimeout(total=30),
+                                     connector=aiohttp.TCPConnector(limit=1)) as session:
+        async def post_aiohttp(path: str, body: bytes | None) -> int:
+            async with (session.get(path) if body is None
+                        else session.post(path, data=body)) as r:
+                await r.read()
+                return r.status
+        yield post_aiohttp
 
 
 # --- figures ----------------------------------------------------------------------------------

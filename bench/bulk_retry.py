@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.bulk_retry [--n 100000] [--database-url URL] [--workers 1]
                                          [--cancel-rates 0,1000] [--retries 1000]
+                                         [--single-retries-only] [--load-client aiohttp]
 
 What runs: the REST API under uvicorn (`dashboard.api.app:api`), and the workers as
 `observatory up` starts them — `--workers` × `arq jobs.worker.WorkerSettings` (main queue) and
@@ -22,7 +23,8 @@ Figures:
   (arq's job result) and to the final `cancelled` state; entry statuses reconcile;
 - `POST /v1/dlq/{id}/retry` latency with 20 concurrent clients over `--retries` distinct entries,
   and the API process's CPU time per request meanwhile (Linux: /proc; latencies on a shared
-  machine follow its load, CPU per request much less).
+  machine follow its load, CPU per request much less). `--single-retries-only` runs this part
+  alone (the DLQ filled with `--retries` entries, no Retry All before it), to iterate quickly.
 Timestamps come from one machine's clock. The machine may be shared: figures are indicative.
 """
 
@@ -39,7 +41,7 @@ from typing import Any
 import httpx
 
 from bench._common import (Fill, FillSpec, Stack, as_datetime, describe, fill_dlq,
-                           make_endpoints, make_token, open_db, p95, stack)
+                           http_poster, make_endpoints, make_token, open_db, p95, stack)
 
 CLIENTS = 20
 FINISHED = ("completed", "cancelled", "failed")
@@ -274,28 +276,29 @@ async def single_retries(b: Bench, base: str, token: str) -> None:
     errors: Counter[int] = Counter()
 
     async def client_loop(stop_after: int | None = None) -> None:
-        async with httpx.AsyncClient(base_url=base, timeout=30,
-                                     headers={"Authorization": f"Bearer {token}"}) as c:
-            await c.get("/v1/operations")  # connect and warm up outside the samples
+        async with http_poster(b.args.load_client, base, token) as post:
+            await post("/v1/operations", None)  # connect and warm up outside the samples
             while not ids.empty() and (stop_after is None or len(samples) < stop_after):
                 entry_id = ids.get_nowait()
                 t0 = time.perf_counter()
-                r = await c.post(f"/v1/dlq/{entry_id}/retry", json={})
+                status = await post(f"/v1/dlq/{entry_id}/retry", b"{}")
                 samples.append((time.perf_counter() - t0) * 1000)
-                if r.status_code != 202:
-                    errors[r.status_code] += 1
+                if status != 202:
+                    errors[status] += 1
 
     solo = max(n // 10, 1)  # the service time first: one client, one request at a time
     await asyncio.gather(client_loop(stop_after=solo))
     b.report(f"POST /v1/dlq/{{id}}/retry, 1 client, {solo:,} entries", describe(samples))
     samples.clear()
-    cpu0, t0 = _api_cpu_s(b.st), time.perf_counter()
+    cpu0, mine0, t0 = _api_cpu_s(b.st), time.process_time(), time.perf_counter()
     await asyncio.gather(*(client_loop() for _ in range(CLIENTS)))
     took, cpu = time.perf_counter() - t0, _api_cpu_s(b.st) - cpu0
+    mine = time.process_time() - mine0
     n -= solo
-    b.report(f"POST /v1/dlq/{{id}}/retry, {CLIENTS} clients, {n:,} entries",
+    b.report(f"POST /v1/dlq/{{id}}/retry, {CLIENTS} clients ({b.args.load_client}), {n:,} entries",
              f"{describe(samples)}; {n / took:,.0f} req/s; API CPU {cpu / n * 1000:.2f} ms per "
-             f"request; non-202: {dict(errors) or 'none'}", "p95 < 50 ms")
+             f"request (clients' {mine / n * 1000:.2f} ms); non-202: {dict(errors) or 'none'}",
+             "p95 < 50 ms")
     b.rows[-1] = (b.rows[-1][0], f"p95 {p95(samples):.1f} ms", b.rows[-1][2])
 
 
@@ -354,22 +357,31 @@ async def run(args: argparse.Namespace, st: Stack) -> Bench:
         async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
             for _ in range(3):  # the API's pools and token path warm
                 (await client.get("/v1/operations")).raise_for_status()
-            await throughput_run(b, client)
-            if args.walker_alone:
-                st.stop(workers)
-                await walker_alone(b, client)
-                workers = await _start_workers(st, args.workers, 0)
-                await _wait_finished((await _last_operation()), args.timeout)
-            for rate in args.cancel_rates:
-                if rate:  # the bulk worker reads the rate when a walk starts
-                    st.stop(workers)
-                    workers = await _start_workers(st, args.workers, rate)
-                await cancel_run(b, client, rate)
+            if not args.single_retries_only:
+                workers = await _bulk_runs(b, client, workers)
         await single_retries(b, base, token)
     finally:
         st.stop(workers)
         await close_db()
     return b
+
+
+async def _bulk_runs(b: Bench, client: httpx.AsyncClient, workers: list[Any]) -> list[Any]:
+    """Retry All's figures: the throughput run, the walker alone, the cancel runs; returns
+    the workers running afterwards (some runs restart them)."""
+    args, st = b.args, b.st
+    await throughput_run(b, client)
+    if args.walker_alone:
+        st.stop(workers)
+        await walker_alone(b, client)
+        workers = await _start_workers(st, args.workers, 0)
+        await _wait_finished((await _last_operation()), args.timeout)
+    for rate in args.cancel_rates:
+        if rate:  # the bulk worker reads the rate when a walk starts
+            st.stop(workers)
+            workers = await _start_workers(st, args.workers, rate)
+        await cancel_run(b, client, rate)
+    return workers
 
 
 async def _last_operation() -> int:
@@ -397,14 +409,20 @@ def main() -> None:
                         help="walker-alone run only: entries per walker batch (experiment)")
     parser.add_argument("--cancel-at", type=float, default=0.3, help="fraction completed")
     parser.add_argument("--retries", type=int, default=1000, help="single retries (20 clients)")
+    parser.add_argument("--load-client", choices=("httpx", "aiohttp"), default="httpx",
+                        help="HTTP client of the single retries' 20 clients")
+    parser.add_argument("--single-retries-only", action="store_true",
+                        help="only the single retries under 20 clients (the DLQ filled with "
+                             "--retries entries; no Retry All before them)")
     parser.add_argument("--timeout", type=float, default=1800, help="per operation, seconds")
     args = parser.parse_args()
     with stack(args.database_url) as st:
         kind = "PostgreSQL" if st.is_postgres else "SQLite"
-        print(f"bench.bulk_retry: {kind}, n={args.n:,}, proposed indexes: "
+        scope = "single retries only" if args.single_retries_only else f"n={args.n:,}"
+        print(f"bench.bulk_retry: {kind}, {scope}, proposed indexes: "
               f"{args.proposed_indexes}, logs in {st.tmp}", flush=True)
         b = asyncio.run(run(args, st))
-    print(f"\n| figure ({kind}, n={args.n:,}) | value | target |\n|---|---|---|")
+    print(f"\n| figure ({kind}, {scope}) | value | target |\n|---|---|---|")
     for figure, value, target in b.rows:
         print(f"| {figure} | {value} | {target} |")
 

@@ -20,11 +20,16 @@ from redis.asyncio import Redis
 from models.config import get_settings
 
 
+def encode_event(event: dict[str, Any]) -> str:
+    """An event as it is published."""
+    return json.dumps(event, default=str)
+
+
 def publish_commands(events: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     """The PUBLISH commands of `events`, for a caller that sends them in its own pipeline
     together with other writes (`pipe.execute_command(*command)`)."""
     channel = get_settings().events_channel
-    return [("PUBLISH", channel, json.dumps(event, default=str)) for event in events]
+    return [("PUBLISH", channel, encode_event(event)) for event in events]
 
 
 async def publish_events(redis: Redis, events: list[dict[str, Any]]) -> None:

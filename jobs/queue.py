@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
-from models.config import get_settings
+from jobs.events import encode_event
+from models.config import Settings, get_settings
 
 
 BATCH_SIZE = 50  # deliveries per fast-lane job by default (OBSERVATORY_BATCH_SIZE)
 
 
-def queue_name() -> str:
+def queue_name(settings: Settings | None = None) -> str:
     """The arq queue for deliveries, namespaced so test runs and instances never mix."""
-    return f"{get_settings().namespace}:queue"
+    return f"{(settings or get_settings()).namespace}:queue"
 
 
 def bulk_queue_name() -> str:
@@ -105,25 +107,35 @@ def bulk_batch_commands(redis: ArqRedis, batches: list[tuple[list[int], float]],
 
 
 #: arq's enqueue_job as one script: nothing when the job or its result exists (a duplicate
-#: enqueue of the same job id is a no-op), else the job key and its place in the queue
+#: enqueue of the same job id is a no-op), else the job key and its place in the queue; then
+#: every ARGV after the fifth is published on the channel ARGV[5] (whether or not the job was
+#: new). Returns 1 when the job was enqueued, 0 otherwise.
 _ENQUEUE_ONCE = """
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
-redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-return 1
+local added = 0
+if redis.call('EXISTS', KEYS[1], KEYS[2]) == 0 then
+    redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+    redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+    added = 1
+end
+for i = 6, #ARGV do redis.call('PUBLISH', ARGV[5], ARGV[i]) end
+return added
 """
 
 
-def delivery_command(redis: ArqRedis, delivery_id: int, attempt: int = 1) -> Command:
-    """`enqueue_delivery` as one Redis command (a script) for the caller's pipeline, so that
-    enqueueing and publishing take one round trip: same job id `{delivery_id}:{attempt}`,
-    and the same no-op when that job or its result exists (checked inside Redis)."""
+def delivery_command(redis: ArqRedis, delivery_id: int, attempt: int = 1, *,
+                     events: Sequence[dict[str, Any]] = ()) -> Command:
+    """`enqueue_delivery` as one Redis command (a script), which also publishes `events` on
+    the events channel (jobs/events.py), so that enqueueing and publishing take one command
+    and one round trip, without a pipeline: same job id `{delivery_id}:{attempt}`, and the
+    same no-op when that job or its result exists (checked inside Redis)."""
     from arq.constants import job_key_prefix, result_key_prefix
     from arq.jobs import serialize_job
     from arq.utils import timestamp_ms
 
+    settings = get_settings()  # read once: it parses the environment
     job_id, now = f"{delivery_id}:{attempt}", timestamp_ms()
     job = serialize_job("deliver", (delivery_id,), {}, None, now,
                         serializer=redis.job_serializer)
     return ("EVAL", _ENQUEUE_ONCE, 3, job_key_prefix + job_id, result_key_prefix + job_id,
-            queue_name(), redis.expires_extra_ms, job, now, job_id)
+            queue_name(settings), redis.expires_extra_ms, job, now, job_id,
+            settings.events_channel, *map(encode_event, events))

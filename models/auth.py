@@ -9,8 +9,10 @@ same process at once. Every other caller (dashboard sessions, the CLI) checks ea
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
@@ -19,6 +21,8 @@ from tortoise.expressions import Q
 
 from models.enums import Role
 from models.users import ApiToken, User
+
+logger = logging.getLogger(__name__)
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
@@ -35,8 +39,11 @@ SESSION_TOKEN_NAME = "dashboard-session"
 TOKEN_CACHE_S = 1.0
 _CACHE_MAX = 10_000  # tokens remembered at most (the cache is emptied beyond that)
 
-#: sha256 of a token → (when it was checked, time.monotonic(); its user)
+_clock = time.monotonic  # when a check was made (replaced by a fake clock in tests)
+#: sha256 of a token → (when it was checked, _clock(); its user)
 _checked: dict[str, tuple[float, User]] = {}
+#: sha256 of a token → its check under way (for max_age_s callers to share)
+_pending: dict[str, asyncio.Task[User | None]] = {}
 _forgotten = [0]  # bumped by every revocation here: a check begun before one is not kept
 
 
@@ -92,13 +99,45 @@ async def user_for_token(token: str, *, max_age_s: float = 0.0) -> User | None:
     Args:
         max_age_s: when > 0, a check of this token made in this process at most that many
             seconds ago answers without a database round trip (the REST API passes
-            TOKEN_CACHE_S). A token not found is never remembered.
+            TOKEN_CACHE_S). Once such a check is half that old, the request it answers starts
+            one re-check in the background, so that a busy token never waits for one; requests
+            arriving while a check of the token is under way share it. A token not found is
+            never remembered.
     """
     digest = _token_hash(token)
-    if max_age_s > 0 and (hit := _checked.get(digest)) is not None:
-        if time.monotonic() - hit[0] < max_age_s:
-            return hit[1]
-    checked_at, generation = time.monotonic(), _forgotten[0]
+    if max_age_s > 0:
+        if (hit := _checked.get(digest)) is not None:
+            age = _clock() - hit[0]
+            if age < max_age_s:
+                if age >= max_age_s / 2 and digest not in _pending:
+                    _start_check(digest)
+                return hit[1]
+        # shielded: a caller that goes away does not cancel the check the others share
+        return await asyncio.shield(_pending.get(digest) or _start_check(digest))
+    return await _check(digest)
+
+
+def _start_check(digest: str) -> asyncio.Task[User | None]:
+    """A check of `digest` as a task that requests may share (until it ends or a revocation
+    here drops it)."""
+    task = asyncio.get_running_loop().create_task(_check(digest))
+    _pending[digest] = task
+
+    def done(_: asyncio.Task[User | None]) -> None:
+        if _pending.get(digest) is task:
+            del _pending[digest]
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # its requests got the error too; a background re-check's one is only seen here
+            # (the remembered check then ages out)
+            logger.warning("API token check failed: %r", exc)
+
+    task.add_done_callback(done)
+    return task
+
+
+async def _check(digest: str) -> User | None:
+    """Look the token up, refresh its `last_used_at` (minute precision), remember the check."""
+    checked_at, generation = _clock(), _forgotten[0]
     row = await ApiToken.get_or_none(token_hash=digest).select_related("user")
     if row is None:
         _checked.pop(digest, None)
@@ -115,10 +154,12 @@ async def user_for_token(token: str, *, max_age_s: float = 0.0) -> User | None:
 
 
 def _forget(digests: set[str]) -> None:
-    """Drop the remembered checks of these token hashes (and keep none begun before)."""
+    """Drop the remembered checks of these token hashes (and keep none begun before, nor let
+    a later request share one under way)."""
     _forgotten[0] += 1
     for digest in digests:
         _checked.pop(digest, None)
+        _pending.pop(digest, None)
 
 
 async def authenticate(name: str, password: str) -> User | None:

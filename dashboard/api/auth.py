@@ -2,7 +2,8 @@
 
 A token's check is trusted for models.auth.TOKEN_CACHE_S (1 s) in this process: a token
 revoked or deleted, or a role changed, by another process takes effect within that bound
-(at once when revoked through models.auth in this process).
+(at once when revoked through models.auth in this process). A token in use is re-checked in
+the background once its check is half that old, and concurrent requests share one check.
 """
 
 from __future__ import annotations

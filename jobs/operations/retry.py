@@ -21,7 +21,6 @@ from tortoise.transactions import in_transaction
 from jobs import audit
 from jobs.errors import (AlreadyInFlightError, ConfigurationGoneError, ConflictError,
                          NotFoundError, NotRetryableError, OperationError, ValidationError)
-from jobs.events import publish_commands
 from jobs.guard import DestinationBlockedError, check_url
 from jobs.queue import delivery_command
 from models.config import get_settings
@@ -196,11 +195,29 @@ WITH claimed AS (
 )
 SELECT id, retry_of_id FROM created
 """
-#: SQLite (no data-modifying CTE): the claim, then the rest in the same transaction
+#: SQLite (no data-modifying CTE): the claim, then the rest in the same transaction, each the
+#: counterpart of a part of _PG_RETRY (set-based SQL, as jobs/operations/bulk_claim.py's)
 _SQLITE_CLAIM = """
 UPDATE dead_letter SET status = ?, retry_count = retry_count + 1, updated_at = ?
 WHERE id = ? AND status = ? AND endpoint_id IS NOT NULL
-RETURNING delivery_id, message_id, endpoint_id, retry_count
+RETURNING delivery_id
+"""
+_SQLITE_CREATE = """
+INSERT INTO delivery (message_id, endpoint_id, status, attempts, retry_of_id, metadata,
+                      created_at, updated_at)
+SELECT message_id, endpoint_id, ?, 0, delivery_id,
+       json_object('__retry_metadata', json_object(
+           'original_delivery_id', delivery_id, 'dead_letter_id', id,
+           'retry_count', retry_count, 'sandbox', json('false'))),
+       ?, ?
+FROM dead_letter WHERE id = ?
+RETURNING id
+"""
+_SQLITE_LINK = "UPDATE dead_letter SET last_retry_delivery_id = ? WHERE id = ?"
+_SQLITE_AUDIT = """
+INSERT INTO audit_log (actor, action, target_type, target_id, details, created_at)
+VALUES (?, 'dlq.retry', 'dead_letter', ?,
+        json_object('original_delivery_id', ?, 'new_delivery_id', ?), ?)
 """
 
 
@@ -218,19 +235,13 @@ async def _claim_and_create(entry_id: int, actor: str) -> tuple[int, int] | None
         rows = await tx.execute_query_dict(_SQLITE_CLAIM, [retrying, now, entry_id, active])
         if not rows:
             return None
-        entry = rows[0]
-        original_id = int(entry["delivery_id"])
-        delivery = await Delivery.create(
-            message_id=entry["message_id"], endpoint_id=entry["endpoint_id"],
-            status=DeliveryStatus.QUEUED, retry_of_id=original_id,
-            metadata={"__retry_metadata": {"original_delivery_id": original_id,
-                                           "dead_letter_id": entry_id,
-                                           "retry_count": entry["retry_count"],
-                                           "sandbox": False}})
-        await DeadLetter.filter(id=entry_id).update(last_retry_delivery_id=delivery.id)
-        await audit.record(actor, "dlq.retry", "dead_letter", entry_id,
-                           original_delivery_id=original_id, new_delivery_id=delivery.id)
-    return delivery.id, original_id
+        original_id = int(rows[0]["delivery_id"])
+        [created] = await tx.execute_query_dict(_SQLITE_CREATE, [queued, now, now, entry_id])
+        delivery_id = int(created["id"])
+        await tx.execute_query(_SQLITE_LINK, [delivery_id, entry_id])
+        await tx.execute_query(_SQLITE_AUDIT, [actor, str(entry_id), original_id, delivery_id,
+                                               now])
+    return delivery_id, original_id
 
 
 async def _sandbox_retry(entry: DeadLetter, actor: str, overrides: RetryOverrides, *,
@@ -262,8 +273,5 @@ async def _sandbox_retry(entry: DeadLetter, actor: str, overrides: RetryOverride
 
 
 async def _hand_over(redis: ArqRedis, delivery_id: int, events: list[dict[str, Any]]) -> None:
-    """Enqueue the delivery's first try and publish `events`, in one round trip."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for command in [delivery_command(redis, delivery_id), *publish_commands(events)]:
-            pipe.execute_command(*command)
-        await pipe.execute()
+    """Enqueue the delivery's first try and publish `events`: one command, one round trip."""
+    await redis.execute_command(*delivery_command(redis, delivery_id, events=events))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -10,6 +11,7 @@ from jobs.errors import (AlreadyInFlightError, ConfigurationGoneError, NotFoundE
                          NotRetryableError)
 from jobs.operations.retry import retry_dead_letter
 from models.audit import AuditLog
+from models.config import get_settings
 from models.dead_letters import DeadLetter
 from models.deliveries import Delivery
 from models.enums import DeadLetterStatus, DeliveryStatus
@@ -152,6 +154,27 @@ async def test_enqueueing_the_same_try_again_is_a_no_op(db, redis):
         assert added == expected
 
     assert await redis.zrange(queue_name(), 0, -1) == [b"41:2"]
+
+
+async def test_the_hand_over_command_publishes_its_events_new_job_or_not(db, redis):
+    from jobs.queue import delivery_command
+
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(get_settings().events_channel)
+    events = [{"type": "dlq.changed", "id": 7, "status": "retrying"},
+              {"type": "delivery.updated", "id": 41, "status": "queued"}]
+    try:
+        added = [await redis.execute_command(*delivery_command(redis, 41, events=events))
+                 for _ in range(2)]
+        seen = []
+        for _ in range(20):  # bounded; None also answers the subscribe confirmation
+            if msg := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1):
+                seen.append(json.loads(msg["data"]))
+    finally:
+        await pubsub.aclose()
+
+    assert added == [1, 0]
+    assert seen == events * 2
 
 
 async def test_a_refused_retry_changes_nothing_and_is_audited_once(db, redis, receiver):

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from dashboard.api import auth as api_auth
+from models import auth as auth_module
 from models.auth import (SESSION_TOKEN_NAME, create_user, issue_token, revoke_session_tokens,
                          revoke_token, user_for_token)
 from models.enums import Role
@@ -87,3 +88,47 @@ async def test_a_check_racing_a_revocation_is_not_kept(db, cache_for):
     await asyncio.gather(checking, revoked)
 
     assert await user_for_token(token, max_age_s=60) is None
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch):
+    """The token checks' clock, moved by hand (seconds)."""
+    now = [1000.0]
+    monkeypatch.setattr(auth_module, "_clock", lambda: now[0])
+    return now
+
+
+async def _background_checks_done() -> None:
+    for _ in range(200):
+        if not auth_module._pending:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("a token check is still under way after 2 s")
+
+
+async def test_a_busy_token_is_rechecked_in_the_background_before_its_check_expires(
+        client, tokens, cache_for, clock):
+    cache_for(1.0)
+    viewer = auth(tokens["viewer"])
+    assert (await client.get("/v1/dlq", headers=viewer)).status_code == 200  # checked at 1000
+    clock[0] += 0.6  # half the bound passed: this request is answered and starts a re-check
+    assert (await client.get("/v1/dlq", headers=viewer)).status_code == 200
+    await _background_checks_done()
+    await ApiToken.all().delete()  # as another process would, after that re-check
+
+    clock[0] += 0.7  # 1.3 s after the first check, 0.7 s after the re-check: still trusted
+    assert (await client.get("/v1/dlq", headers=viewer)).status_code == 200
+    await _background_checks_done()  # (the re-check it started finds no token)
+    clock[0] += 0.4  # whether that re-check ran or not, the bound has passed
+    response = await client.get("/v1/dlq", headers=viewer)
+    assert response.status_code == 401
+
+
+async def test_concurrent_requests_share_one_check_of_a_token(db, cache_for, clock):
+    _, _, token = await create_user("fred", Role.VIEWER)
+
+    users = await asyncio.gather(*(user_for_token(token, max_age_s=1.0) for _ in range(20)))
+
+    assert {u.name for u in users} == {"fred"}
+    assert len({id(u) for u in users}) == 1  # one query answered them all
+

@@ -17,6 +17,7 @@ import pytest_asyncio
 from click.testing import Result
 from typer.testing import CliRunner
 
+from dashboard.api import UVICORN_ARGV
 from dashboard.cli.main import app
 from models.auth import create_user
 
@@ -52,13 +53,14 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: f
 
 @pytest.fixture(scope="session")
 def api_url(_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL of the real API (`uvicorn dashboard.api.app:api`) on a free 127.0.0.1 port,
+    """Base URL of the real API (`uvicorn dashboard.api.app:api`, as the benchmarks serve it:
+    uvloop, httptools) on a free 127.0.0.1 port,
     on the migrated test database; stopped by its PID at the end of the session."""
     port = _free_port()
     log = tmp_path_factory.mktemp("api") / "uvicorn.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(
-            [str(VENV_BIN / "uvicorn"), "dashboard.api.app:api", "--host", "127.0.0.1",
+            [str(VENV_BIN / UVICORN_ARGV[0]), *UVICORN_ARGV[1:], "--host", "127.0.0.1",
              "--port", str(port), "--log-level", "warning"],
             cwd=REPO_ROOT, env=cli_env(), stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
