@@ -44,6 +44,16 @@ async def _sideways(page) -> list[str]:
     return await page.evaluate(_SIDEWAYS)
 
 
+async def _pause_and_resume(page, job: str) -> None:
+    """Pause `job` from the panel, see it paused, resume it, see it pending again."""
+    await page.get_by_role("button", name=f"Pause {job}").click()
+    await expect(page.locator(f"#cron-job-{job}")).to_have_class(
+        _cls("cron-status-paused"), timeout=10_000)
+    await page.get_by_role("button", name=f"Resume {job}").click()
+    await expect(page.locator(f"#cron-job-{job}")).to_have_class(
+        _cls("cron-status-pending"), timeout=10_000)
+
+
 async def _retry_of(run_id: int, timeout_s: float = 30.0) -> CronRun:
     """The retry of `run_id` once a worker has finished it."""
     for _ in range(int(timeout_s * 10)):
@@ -118,12 +128,7 @@ async def test_cron_states_show_and_a_failed_run_is_retried_from_the_page(db, re
         assert await _sideways(page) == [], f"viewport {width}px"
     await page.set_viewport_size({"width": 1500, "height": 1200})
 
-    await page.get_by_role("button", name="Pause scaling_evaluation").click()
-    await expect(page.locator("#cron-job-scaling_evaluation")).to_have_class(
-        _cls("cron-status-paused"), timeout=10_000)
-    await page.get_by_role("button", name="Resume scaling_evaluation").click()
-    await expect(page.locator("#cron-job-scaling_evaluation")).to_have_class(
-        _cls("cron-status-pending"), timeout=10_000)
+    await _pause_and_resume(page, "scaling_evaluation")
 
     # narrow windows: no page scrolls sideways (nor any table in its box) at any of WIDTHS;
     # on a phone the header, the cron and DLQ actions and each page's controls work
@@ -135,12 +140,7 @@ async def test_cron_states_show_and_a_failed_run_is_retried_from_the_page(db, re
                         page.get_by_role("button", name=f"Retry delivery {entry.id}"),
                         page.get_by_role("button", name="Run retention now"),
                         page.get_by_role("button", name=f"Retry cron run {missed.id}"))
-    await page.get_by_role("button", name="Pause zombie_sweep").click()
-    await expect(page.locator("#cron-job-zombie_sweep")).to_have_class(
-        _cls("cron-status-paused"), timeout=10_000)
-    await page.get_by_role("button", name="Resume zombie_sweep").click()
-    await expect(page.locator("#cron-job-zombie_sweep")).to_have_class(
-        _cls("cron-status-pending"), timeout=10_000)
+    await _pause_and_resume(page, "zombie_sweep")
     await page.screenshot(path=str(ARTIFACTS / "scheduler-phone.png"), full_page=True)
 
     await go_to(page, "Dead letters")
