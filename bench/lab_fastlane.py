@@ -60,8 +60,10 @@ async def run(args, base: str) -> None:
         prof.dump_stats(os.environ["LAB_PROFILE"])
     print(f"lab engine: {len(ids) / wall:,.0f}/s, {cpu / len(ids) * 1e6:.1f} µs CPU per delivery")
     await close_context(ctx)
-    rate, raw_cpu, _ = await _raw_loop(args.n, f"{base}/ok/0", _Poster)
-    print(f"raw loop: {rate:,.0f}/s, {raw_cpu:.1f} µs CPU per delivery; CPU ratio {raw_cpu / (cpu / len(ids) * 1e6):.2f}")
+    if not args.engine_only:
+        rate, raw_cpu, _ = await _raw_loop(args.n, f"{base}/ok/0", _Poster)
+        print(f"raw loop: {rate:,.0f}/s, {raw_cpu:.1f} µs CPU per delivery; "
+              f"CPU ratio {raw_cpu / (cpu / len(ids) * 1e6):.2f}")
     from models.db import close_db
     await redis.aclose()
     await close_db()
@@ -72,6 +74,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=20000)
     p.add_argument("--jobs", type=int, default=16)
     p.add_argument("--database-url", required=True)
+    p.add_argument("--engine-only", action="store_true", help="skip the raw loop")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="observatory-lab-"))
     redis = EmbeddedRedis(tmp / "redis").start()

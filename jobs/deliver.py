@@ -50,7 +50,9 @@ async def claim(delivery_ids: list[int], agent_id: str | None = None) -> list[Cl
                                         datetime.now(UTC))
     # a batch usually targets a few endpoints: load each once and share it (building one
     # Endpoint per delivery was a tenth of the worker's time under load)
-    endpoints = await load_endpoints({d.endpoint_id for d in deliveries} - {None})
+    endpoints = await load_endpoints({d.endpoint_id for d in deliveries} - {None},
+                                     {d.endpoint_id: d.endpoint_version for d in deliveries
+                                      if d.endpoint_version})
     for delivery in deliveries:
         delivery.endpoint = endpoints.get(delivery.endpoint_id)
     return deliveries

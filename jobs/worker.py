@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
 from datetime import UTC
 from typing import Any
 
@@ -41,6 +43,27 @@ def _configure_logging() -> None:
 _configure_logging()
 
 
+#: the cyclic collector's thresholds in a worker (Python's defaults are 700, 10, 10)
+GC_THRESHOLDS = (10_000, 20, 100)
+
+
+def _tune_gc() -> None:
+    """Keep the cyclic garbage collector off the hot path.
+
+    Measured with gc.callbacks under bench/deliveries.py, Python's default thresholds spent
+    ~12% of the worker's CPU collecting: every 700 allocations a young collection, and full
+    collections walking the whole start-up heap (modules, models, pydantic schemas) over and
+    over. The heap built at start-up is frozen (moved out of the collector's sight, as
+    Instagram and gunicorn's preload do), and young collections run every 10,000
+    allocations: the garbage of a batch is almost all freed by reference counting anyway.
+    """
+    if os.environ.get("OBSERVATORY_GC_TUNING", "1") == "0":
+        return
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def _start(ctx: dict[str, Any]) -> None:
     await init_db()
     ctx["http"] = make_client()
@@ -48,6 +71,7 @@ async def _start(ctx: dict[str, Any]) -> None:
     ctx["metrics"] = WorkerStats()  # the delivery metrics plus the totals each beat reports
     start_flushing(ctx)
     ctx["agent_id"] = worker_id()  # stored on the deliveries it claims (jobs.deliver.claim)
+    _tune_gc()
 
 
 async def startup(ctx: dict[str, Any]) -> None:

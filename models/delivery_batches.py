@@ -51,6 +51,7 @@ class ClaimedDelivery:
     bulk_operation_id: int | None
     metadata: dict[str, Any]
     endpoint: Any = field(default=None)  # models.endpoints.Endpoint, shared by the batch
+    endpoint_version: str | None = None  # PostgreSQL: the endpoint row's xmin at the claim
 
 
 #: one attempt row, in `_ATTEMPT_COLUMNS` order
@@ -134,8 +135,10 @@ _PG_CLAIM = (
     " claimed_by = $3, updated_at = $4 WHERE status IN ($5, $6) AND id = ANY($7::int[])"
     " RETURNING id, message_id, endpoint_id, attempts, metadata, bulk_operation_id)"
     " SELECT c.id, c.endpoint_id, c.attempts, c.metadata::text AS metadata, c.bulk_operation_id,"
-    " m.id AS message_id, m.event_type, m.payload::text AS payload, m.created_at"
-    " FROM claimed c JOIN message m ON m.id = c.message_id ORDER BY c.id")
+    " m.id AS message_id, m.event_type, m.payload::text AS payload, m.created_at,"
+    " e.xmin::text AS endpoint_version"
+    " FROM claimed c JOIN message m ON m.id = c.message_id"
+    " LEFT JOIN endpoint e ON e.id = c.endpoint_id ORDER BY c.id")
 
 
 async def _claim_postgres(db: BaseDBAsyncClient, ids: Sequence[int], token: str,
@@ -150,13 +153,27 @@ async def _claim_postgres(db: BaseDBAsyncClient, ids: Sequence[int], token: str,
                 r["message_id"], r["event_type"], r["payload"], r["created_at"])
         claimed.append(ClaimedDelivery(
             id=r["id"], attempts=r["attempts"], message=message, endpoint_id=r["endpoint_id"],
-            bulk_operation_id=r["bulk_operation_id"], metadata=_as_json(r["metadata"])))
+            bulk_operation_id=r["bulk_operation_id"], metadata=_as_json(r["metadata"]),
+            endpoint_version=r["endpoint_version"]))
     return claimed
 
 
-async def load_endpoints(ids: set[int]) -> dict[int, Any]:
+#: PostgreSQL: endpoints already built, by id, with the row version (xmin) they were built from
+_ENDPOINT_CACHE: dict[int, tuple[str, Any]] = {}
+_ENDPOINT_CACHE_MAX = 10_000
+
+
+async def load_endpoints(ids: set[int], versions: dict[int, str] | None = None
+                         ) -> dict[int, Any]:
     """The batch's endpoints (models.endpoints.Endpoint) by id: built straight from one raw
-    row each on PostgreSQL (the ORM's query building cost more than the query)."""
+    row each on PostgreSQL (the ORM's query building cost more than the query).
+
+    On PostgreSQL, `versions` are the rows' `xmin` as the claim read them (ClaimedDelivery.
+    endpoint_version): an endpoint built earlier from the same row version is reused, so a
+    batch whose endpoints did not change costs no statement. Every UPDATE of a row gives it
+    a new xmin, whoever makes it (the API, the health check, a raw statement): a changed
+    endpoint (URL, secret, disabled, retry config) is never served stale.
+    """
     from models.endpoints import Endpoint
 
     if not ids:
@@ -164,8 +181,23 @@ async def load_endpoints(ids: set[int]) -> dict[int, Any]:
     db = _db()
     if not _postgres(db):
         return {e.id: e for e in await Endpoint.filter(id__in=ids)}
-    rows = await _pg_fetch(db, "SELECT * FROM endpoint WHERE id = ANY($1::int[])", list(ids))
-    return {r["id"]: Endpoint._init_from_db(**dict(r)) for r in rows}
+    found: dict[int, Any] = {}
+    if versions:
+        for endpoint_id in ids:
+            cached = _ENDPOINT_CACHE.get(endpoint_id)
+            if cached is not None and cached[0] == versions.get(endpoint_id):
+                found[endpoint_id] = cached[1]
+    if missing := [i for i in ids if i not in found]:
+        rows = await _pg_fetch(db, "SELECT *, xmin::text AS _row_version FROM endpoint"
+                                   " WHERE id = ANY($1::int[])", missing)
+        if len(_ENDPOINT_CACHE) > _ENDPOINT_CACHE_MAX:
+            _ENDPOINT_CACHE.clear()
+        for r in rows:
+            values = dict(r)
+            version = values.pop("_row_version")
+            endpoint = found[r["id"]] = Endpoint._init_from_db(**values)
+            _ENDPOINT_CACHE[r["id"]] = (version, endpoint)
+    return found
 
 
 async def _messages(db: BaseDBAsyncClient, ids: set[int]) -> dict[int, ClaimedMessage]:

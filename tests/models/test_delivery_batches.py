@@ -125,6 +125,29 @@ async def test_batch_endpoints_load_as_the_orm_loads_them(db):
     assert await load_endpoints(set()) == {}
 
 
+async def test_a_claimed_batch_sees_every_change_to_its_endpoint(db):
+    """Endpoints are reused between batches only while their row is unchanged (PostgreSQL: the
+    claim reads the row's version); any UPDATE, even one that leaves updated_at alone as the
+    health check's do, is seen by the next batch."""
+    from jobs.deliver import claim
+
+    deliveries = await _deliveries(3)
+    endpoint_id = deliveries[0].endpoint_id  # type: ignore[attr-defined]
+    [first] = await claim([deliveries[0].id])
+    [second] = await claim([deliveries[1].id])
+    assert first.endpoint.enabled and second.endpoint.url == "http://127.0.0.1:9/x"
+    if first.endpoint_version is not None:  # PostgreSQL: the unchanged row is not loaded again
+        assert second.endpoint_version == first.endpoint_version
+        assert second.endpoint is first.endpoint
+
+    await Endpoint.filter(id=endpoint_id).update(enabled=False, url="http://127.0.0.1:9/y")
+    [third] = await claim([deliveries[2].id])
+
+    assert third.endpoint.enabled is False and third.endpoint.url == "http://127.0.0.1:9/y"
+    assert third.endpoint is not first.endpoint
+    assert first.endpoint.enabled  # a batch already under way keeps what it claimed with
+
+
 async def _record(codes: list[int | None]) -> tuple[list[int], datetime]:
     deliveries = await _deliveries(len(codes))
     ids = [d.id for d in deliveries]
