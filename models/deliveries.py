@@ -46,6 +46,7 @@ class Delivery(Model):
     )
     metadata = fields.JSONField(default=dict)
     # set by the batch that claimed it (compare-and-set), so the claimer can read its rows back
+    # indexed for the bulk lane only (partial, migration 0011): the fast lane never looks it up
     claim_token = fields.CharField(max_length=36, null=True, db_index=True)
     # the agent (worker id) that claimed it: the zombie sweep hands back what a dead one held
     claimed_by = fields.CharField(max_length=200, null=True)

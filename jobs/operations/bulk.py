@@ -478,8 +478,8 @@ async def _cancel_deliveries(redis: Redis, operation_id: int, delivery_ids: list
     async with in_transaction():
         await Delivery.filter(id__in=delivery_ids, status=DeliveryStatus.QUEUED).update(
             status=DeliveryStatus.CANCELLED, finished_at=now, updated_at=now, claim_token=token)
-        rows = await Delivery.filter(claim_token=token, status=DeliveryStatus.CANCELLED
-                                     ).values_list("id", "metadata")
+        rows = await Delivery.filter(claim_token=token, bulk_operation_id=operation_id,
+                                     status=DeliveryStatus.CANCELLED).values_list("id", "metadata")
         entry_ids = [i for _, m in rows  # a re-sync delivery may have no entry
                      if (i := (m.get("__retry_metadata") or {}).get("dead_letter_id"))]
         await DeadLetter.filter(id__in=entry_ids, status=DeadLetterStatus.RETRYING).update(

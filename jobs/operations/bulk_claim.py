@@ -107,7 +107,8 @@ RETURNING id, endpoint_id
 """
 _SQLITE_LINK = """
 UPDATE dead_letter SET last_retry_delivery_id = d.id FROM delivery d
-WHERE d.claim_token = ? AND dead_letter.delivery_id = d.retry_of_id
+WHERE d.claim_token = ? AND d.bulk_operation_id IS NOT NULL
+  AND dead_letter.delivery_id = d.retry_of_id
 """
 
 

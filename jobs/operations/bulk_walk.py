@@ -317,7 +317,8 @@ async def _resync_batch(redis: ArqRedis, walk: _Walk, flags: dict[str, str], lim
             message_id=m, endpoint_id=endpoint_id, status=DeliveryStatus.QUEUED,
             retry_of_id=originals.get(m), bulk_operation_id=op.id, claim_token=token,
             metadata=_resync_meta(op.id, originals.get(m), linked.get(m))) for m in handed])
-        created = await Delivery.filter(claim_token=token).values_list("id", "message_id")
+        created = await Delivery.filter(claim_token=token, bulk_operation_id=op.id
+                                        ).values_list("id", "message_id")
         by_message = {m: d for d, m in created}
         await _link(conn, [(r[0], by_message[m]) for m, r in linked.items()])
         await _move_cursor(op, ids[-1], len(handed), len(ids) - len(handed))

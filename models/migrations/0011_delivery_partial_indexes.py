@@ -1,15 +1,18 @@
-"""Three of delivery's indexes become partial: they hold only the rows their queries look for.
+"""Four of delivery's indexes become partial: they hold only the rows their queries look for.
 
 A delivery row is written three times on the fast lane (created queued, claimed running,
 finished), and none of those UPDATEs can be HOT (`status` is indexed), so each writes an
-entry into every index of the table. Three of those indexes serve rare lookups of a few rows:
+entry into every index of the table. Four of those indexes serve rare lookups of a few rows:
 
 - `bulk_operation_id` (a bulk operation's deliveries) and `retry_of_id` (the re-runs of a
   delivery, and the FK's ON DELETE SET NULL) are NULL on every live delivery;
 - `claimed_by` is only looked up among `running` deliveries (the zombie sweep and the stale
-  recovery, jobs.fleet / jobs.deliver.recover_stale_running).
+  recovery, jobs.fleet / jobs.deliver.recover_stale_running);
+- `claim_token` is only looked up by the bulk lane, to read back the deliveries it just created
+  or cancelled (every such query names the operation); the fast lane's claim sets it on every
+  delivery but never looks it up.
 
-Partial, they take no entry for the rows they never serve: 8 index entries fewer per live
+Partial, they take no entry for the rows they never serve: 11 index entries fewer per live
 delivery out of 24 (bench/deliveries.py prints PostgreSQL's CPU per delivery). Every query
 on these columns states a predicate that implies the index's own (`x = ...` implies
 `x IS NOT NULL`; the claimed_by lookups all say `status = 'running'`), so both PostgreSQL's and
@@ -24,6 +27,7 @@ PARTIAL = [
     ("idx_delivery_bulk_operation", "bulk_operation_id", "bulk_operation_id IS NOT NULL"),
     ("idx_delivery_retry_of", "retry_of_id", "retry_of_id IS NOT NULL"),
     ("idx_delivery_claimed_by", "claimed_by", "status = 'running'"),
+    ("idx_delivery_claim_token", "claim_token", "bulk_operation_id IS NOT NULL"),
 ]
 
 
