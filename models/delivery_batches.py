@@ -14,14 +14,16 @@ the rest of the engine treats both alike.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from tortoise import connections
-from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.backends.base.client import BaseDBAsyncClient, TransactionalDBClient
 
 from models.enums import DeliveryStatus
 
@@ -214,28 +216,107 @@ _PG_ATTEMPT_ARRAYS = ("$1::int[], $2::int[], $3::timestamptz[], $4::float8[], $5
                       " $6::varchar[], $7::varchar[], $8::text[], $9::text[]")
 _PG_INSERT_ATTEMPTS = (f"INSERT INTO attempt ({', '.join(_ATTEMPT_COLUMNS)})"
                        f" SELECT * FROM unnest({_PG_ATTEMPT_ARRAYS})")
-_PG_SUCCEEDED = ("UPDATE delivery SET status = $10, finished_at = $11, updated_at = $11,"
-                 " last_error = NULL, last_status_code = $12 WHERE id = ANY($13::int[])")
+_PG_SUCCEEDED = ("UPDATE delivery d SET status = $10, finished_at = u.at, updated_at = u.at,"
+                 " last_error = NULL, last_status_code = u.code"
+                 " FROM unnest($11::int[], $12::timestamptz[], $13::int[]) AS u(id, at, code)"
+                 " WHERE d.id = u.id")
+
+#: one batch's record: its Attempt rows, and its successes' ids by status code, at `now`
+_Record = tuple[Sequence[AttemptRow], dict["int | None", list[int]], datetime]
+
+
+class _GroupCommit:
+    """Records of concurrent batches written together (PostgreSQL, outside a transaction).
+
+    While one statement is in flight, the records that arrive wait, and then all go in the
+    next statement: one round trip and one commit for several batches when a worker is busy
+    (64 batch jobs run at once), no added wait when it is not. A statement that fails is
+    retried batch by batch, so one batch's error is its own.
+    """
+
+    def __init__(self) -> None:
+        self.queue: list[tuple[_Record, asyncio.Future[None]]] = []
+        self.flusher: asyncio.Task[None] | None = None
+
+    async def write(self, db: BaseDBAsyncClient, record: _Record) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self.queue.append((record, done))
+        if self.flusher is None or self.flusher.done():
+            self.flusher = asyncio.get_running_loop().create_task(self._flush(db))
+        # shielded: a cancelled job does not take other batches' record down with it, and its
+        # own attempt (which did happen) is still recorded
+        await asyncio.shield(done)
+
+    async def _flush(self, db: BaseDBAsyncClient) -> None:
+        group: list[tuple[_Record, asyncio.Future[None]]] = []
+        try:
+            while self.queue:
+                group, self.queue = self.queue, []
+                await self._write_group(db, group)
+        except BaseException:  # cancelled (the loop is closing): no writer may wait forever
+            for _, done in group + self.queue:
+                if not done.done():
+                    done.cancel()
+            self.queue = []
+            raise
+
+    @staticmethod
+    async def _write_group(db: BaseDBAsyncClient,
+                           group: list[tuple[_Record, asyncio.Future[None]]]) -> None:
+        try:
+            await _pg_record(db, [record for record, _ in group])
+        except Exception:
+            for record, done in group:  # one by one: each batch gets its own outcome
+                try:
+                    await _pg_record(db, [record])
+                except Exception as exc:
+                    done.set_exception(exc)
+                else:
+                    done.set_result(None)
+        else:
+            for _, done in group:
+                done.set_result(None)
+
+
+#: per event loop (tests run several)
+_GROUPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GroupCommit] = (
+    weakref.WeakKeyDictionary())
 
 
 async def record_attempts(rows: Sequence[AttemptRow], succeeded: dict[int | None, list[int]],
                           now: datetime) -> None:
     """Write a batch of Attempt rows and mark the deliveries that succeeded (`succeeded`:
-    delivery ids by the status code they got), in one statement on PostgreSQL when every
-    success got the same code (the usual case: every receiver said 200)."""
+    delivery ids by the status code they got).
+
+    On PostgreSQL outside a transaction, one statement, shared with the records of other
+    batches that arrive meanwhile (`_GroupCommit`)."""
     db = _db()
-    if not _postgres(db) or not rows or len(succeeded) > 1:
+    if not _postgres(db) or isinstance(db, TransactionalDBClient):
         await insert_attempts(rows)
         for code, ids in succeeded.items():
             await mark_succeeded(ids, code, now)
         return
-    columns = [list(column) for column in zip(*rows, strict=True)]
-    if not succeeded:
+    if not rows and not succeeded:
+        return
+    loop = asyncio.get_running_loop()
+    if (group := _GROUPS.get(loop)) is None:
+        group = _GROUPS[loop] = _GroupCommit()
+    await group.write(db, (rows, succeeded, now))
+
+
+async def _pg_record(db: BaseDBAsyncClient, records: list[_Record]) -> None:
+    """Records in one statement: the Attempt rows through `unnest`, and the successes'
+    UPDATE (each with its own finish time and status code) in the same CTE."""
+    rows = [row for record in records for row in record[0]]
+    done = [(i, now, code) for _, succeeded, now in records
+            for code, ids in succeeded.items() for i in ids]
+    columns = [list(column) for column in zip(*rows, strict=True)] or [[] for _ in _ATTEMPT_COLUMNS]
+    if not done:
         await _pg_fetch(db, _PG_INSERT_ATTEMPTS, *columns)
         return
-    [(code, ids)] = succeeded.items()
+    ids, ats, codes = (list(column) for column in zip(*done, strict=True))
     await _pg_fetch(db, f"WITH attempts AS ({_PG_INSERT_ATTEMPTS}) {_PG_SUCCEEDED}", *columns,
-                    DeliveryStatus.SUCCEEDED.value, now, code, list(ids))
+                    DeliveryStatus.SUCCEEDED.value, ids, ats, codes)
 
 
 async def insert_attempts(rows: Sequence[AttemptRow]) -> None:

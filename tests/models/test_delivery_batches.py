@@ -187,3 +187,34 @@ async def test_record_with_several_success_codes_or_none(db):
     ids, _ = await _record([None, None])
     assert await Attempt.filter(delivery_id__in=ids).count() == 2
     assert {d.status for d in await Delivery.filter(id__in=ids)} == {DeliveryStatus.RUNNING}
+
+
+async def test_concurrent_records_land_together_and_a_failing_one_fails_alone(db):
+    """Records of batches finishing at once (a busy worker): each batch's rows and finish time
+    are written as its own, and a batch whose statement fails (here an attempt of a delivery
+    that does not exist) gets the error while the others are recorded."""
+    batches = [await _deliveries(3) for _ in range(8)]
+    for batch in batches:
+        await claim_deliveries([d.id for d in batch], "tok", None, datetime.now(UTC))
+    started = datetime.now(UTC) - timedelta(seconds=1)
+    finished = [started + timedelta(milliseconds=10 * n) for n in range(8)]
+
+    def record(n: int, batch: list[Delivery]):
+        rows = [(d.id, 1, started, 5.0, 200 + n, "success", None, None, "ok") for d in batch]
+        if n == 3:
+            rows.append((10**9, 1, started, 5.0, None, "retryable", "timeout", None, None))
+        return record_attempts(rows, {200 + n: [d.id for d in batch]}, finished[n])
+
+    results = await asyncio.gather(*(record(n, b) for n, b in enumerate(batches)),
+                                   return_exceptions=True)
+
+    assert [isinstance(r, Exception) for r in results] == [n == 3 for n in range(8)]
+    for n, batch in enumerate(batches):
+        rows = await Delivery.filter(id__in=[d.id for d in batch])
+        attempts = await Attempt.filter(delivery_id__in=[d.id for d in batch]).count()
+        if n == 3:  # its statement failed as a whole: nothing of it written
+            assert {r.status for r in rows} == {DeliveryStatus.RUNNING} and attempts == 0
+        else:
+            assert {(r.status, r.last_status_code, r.finished_at) for r in rows} == {
+                (DeliveryStatus.SUCCEEDED, 200 + n, finished[n])}
+            assert attempts == 3
