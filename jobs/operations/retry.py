@@ -9,6 +9,7 @@ resolves the entry nor adds one to the DLQ, and it counts nothing against the en
 from __future__ import annotations
 
 import re
+import sqlite3
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
@@ -16,6 +17,8 @@ from arq.connections import ArqRedis
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
 from tortoise import connections
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.exceptions import IntegrityError, OperationalError
 from tortoise.transactions import in_transaction
 
 from jobs import audit
@@ -231,17 +234,57 @@ async def _claim_and_create(entry_id: int, actor: str) -> tuple[int, int] | None
         rows = await conn.execute_query_dict(_PG_RETRY, [
             entry_id, retrying, now, active, queued, actor, str(entry_id)])
         return (int(rows[0]["id"]), int(rows[0]["retry_of_id"])) if rows else None
-    async with in_transaction() as tx:
-        rows = await tx.execute_query_dict(_SQLITE_CLAIM, [retrying, now, entry_id, active])
-        if not rows:
-            return None
-        original_id = int(rows[0]["delivery_id"])
-        [created] = await tx.execute_query_dict(_SQLITE_CREATE, [queued, now, now, entry_id])
-        delivery_id = int(created["id"])
-        await tx.execute_query(_SQLITE_LINK, [delivery_id, entry_id])
-        await tx.execute_query(_SQLITE_AUDIT, [actor, str(entry_id), original_id, delivery_id,
-                                               now])
-    return delivery_id, original_id
+    return await _sqlite_claim_and_create(conn, entry_id, actor, now)
+
+
+async def _sqlite_claim_and_create(conn: BaseDBAsyncClient, entry_id: int, actor: str,
+                                   now: datetime) -> tuple[int, int] | None:
+    """SQLite: the claim, the new delivery, the link and the audit row as one transaction run
+    in ONE call on aiosqlite's thread. A process has one SQLite connection, guarded by an
+    asyncio lock that a transaction holds throughout: run statement by statement, every step
+    is a hop to that thread and back through a busy event loop (7 per retry), and under 20
+    concurrent clients the lock was held ~10 ms per retry, serialising every request of the
+    process (measured: bench/bulk_retry.py --single-retries-only). Here the lock is held
+    for one hop, and SQLite's write lock only while the four statements run.
+
+    Errors are tortoise's, as through `execute_query` (sqlite3's OperationalError and
+    IntegrityError translated). Inside a caller's transaction it runs in a savepoint."""
+    async with conn.acquire_connection() as connection:  # aiosqlite.Connection, lock held
+        try:
+            # aiosqlite has no public call for "run this on the connection's thread"
+            return await connection._execute(  # noqa: SLF001
+                _sqlite_retry_transaction, connection._conn, entry_id, actor, now)  # noqa: SLF001
+        except sqlite3.IntegrityError as exc:
+            raise IntegrityError(exc) from exc
+        except sqlite3.OperationalError as exc:
+            raise OperationalError(exc) from exc
+
+
+def _sqlite_retry_transaction(db: sqlite3.Connection, entry_id: int, actor: str,
+                              now: datetime) -> tuple[int, int] | None:
+    """On aiosqlite's thread (blocking): see _sqlite_claim_and_create."""
+    nested = db.in_transaction  # a caller's transaction (tortoise's in_transaction)
+    db.execute("SAVEPOINT dlq_retry" if nested else "BEGIN IMMEDIATE")
+    try:
+        row = db.execute(_SQLITE_CLAIM, [DeadLetterStatus.RETRYING.value, now, entry_id,
+                                         DeadLetterStatus.ACTIVE.value]).fetchone()
+        created = None
+        if row is not None:
+            original_id = int(row[0])
+            [delivery_id] = db.execute(_SQLITE_CREATE, [DeliveryStatus.QUEUED.value, now, now,
+                                                        entry_id]).fetchone()
+            db.execute(_SQLITE_LINK, [delivery_id, entry_id])
+            db.execute(_SQLITE_AUDIT, [actor, str(entry_id), original_id, delivery_id, now])
+            created = (int(delivery_id), original_id)
+        db.execute("RELEASE dlq_retry" if nested else "COMMIT")
+        return created
+    except BaseException:
+        if nested:
+            db.execute("ROLLBACK TO dlq_retry")
+            db.execute("RELEASE dlq_retry")
+        elif db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 async def _sandbox_retry(entry: DeadLetter, actor: str, overrides: RetryOverrides, *,

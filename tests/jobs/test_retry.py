@@ -191,3 +191,60 @@ async def test_a_refused_retry_changes_nothing_and_is_audited_once(db, redis, re
     assert await Delivery.all().count() == 1
     assert [(a.action, a.details["code"]) for a in await AuditLog.all()] == [
         ("dlq.retry_refused", "configuration_gone")]
+
+
+async def test_a_retry_inside_a_callers_transaction_is_undone_with_it(db, redis, receiver):
+    from tortoise.transactions import in_transaction
+
+    class Undo(Exception):
+        pass
+
+    entry = await make_dead_letter(await make_endpoint(receiver.url("/ok")))
+    with pytest.raises(Undo):
+        async with in_transaction():
+            result = await retry_dead_letter(entry.id, "alice", redis=redis)
+            assert (await DeadLetter.get(id=entry.id)).status == DeadLetterStatus.RETRYING
+            raise Undo
+
+    assert await Delivery.filter(id=result["delivery_id"]).count() == 0
+    after = await DeadLetter.get(id=entry.id)
+    assert (after.status, after.retry_count) == (DeadLetterStatus.ACTIVE, 0)
+    assert await AuditLog.all().count() == 0
+    async with in_transaction():  # and kept when the caller's transaction commits
+        result = await retry_dead_letter(entry.id, "alice", redis=redis)
+    assert (await Delivery.get(id=result["delivery_id"])).retry_of_id == entry.delivery_id  # type: ignore[attr-defined]
+    assert (await DeadLetter.get(id=entry.id)).status == DeadLetterStatus.RETRYING
+
+
+async def test_a_statement_failing_mid_retry_undoes_the_claim_and_raises_tortoises_error(
+        db, redis, receiver):
+    """SQLite runs the retry's four statements as one transaction on aiosqlite's thread: the
+    new delivery's INSERT failing (its message is gone, a foreign key) rolls the claim back."""
+    from tortoise import connections
+    from tortoise.exceptions import IntegrityError
+
+    if db.startswith("postgres"):
+        pytest.skip("SQLite's transaction (PostgreSQL's is one statement)")
+    entry = await make_dead_letter(await make_endpoint(receiver.url("/ok")))
+    conn = connections.get("default")
+    await conn.execute_script("PRAGMA foreign_keys=OFF")
+    try:
+        await conn.execute_query("UPDATE dead_letter SET message_id = 999999 WHERE id = ?",
+                                 [entry.id])
+    finally:
+        await conn.execute_script("PRAGMA foreign_keys=ON")
+
+    with pytest.raises(IntegrityError, match="FOREIGN KEY"):
+        await retry_dead_letter(entry.id, "alice", redis=redis)
+
+    after = await DeadLetter.get(id=entry.id)
+    assert (after.status, after.retry_count, after.last_retry_delivery_id) == (  # type: ignore[attr-defined]
+        DeadLetterStatus.ACTIVE, 0, None)
+    assert await Delivery.all().count() == 1
+    assert await AuditLog.all().count() == 0
+    assert await redis.zcard(__import__("jobs.queue").queue.queue_name()) == 0
+    # nothing left open: with its message back the entry retries
+    await conn.execute_query("UPDATE dead_letter SET message_id = ? WHERE id = ?",
+                             [entry.message_id, entry.id])  # type: ignore[attr-defined]
+    result = await retry_dead_letter(entry.id, "alice", redis=redis)
+    assert (await Delivery.get(id=result["delivery_id"])).message_id == entry.message_id  # type: ignore[attr-defined]
