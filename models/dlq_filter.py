@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from tortoise import connections
 from tortoise.expressions import Q
 from tortoise.queryset import QuerySet
 
@@ -88,10 +89,20 @@ def select(f: DlqFilter, *, default_statuses: bool = False) -> QuerySet[DeadLett
     if f.until:
         query = query.filter(created_at__lt=f.until)
     if f.q:
-        # one table (last_error is the entry's copy of its delivery's); on PostgreSQL each of
-        # the three expressions has a trigram index (migration 0009)
-        query = query.filter(Q(failure_reason__icontains=f.q) | Q(endpoint_url__icontains=f.q)
-                             | Q(last_error__icontains=f.q))
+        query = query.filter(_search(f.q))
     if f.max_id:
         query = query.filter(id__lte=f.max_id)
     return query
+
+
+def _search(q: str) -> Q:
+    """`q` in the failure reason, last error (the entry's copy of its delivery's) or endpoint
+    URL. On PostgreSQL in the entry's search row (models.dead_letters.DeadLetterSearch, kept
+    by the database), where each of the three expressions has a trigram index (migration
+    0011) that the entries' status changes never rewrite; on SQLite, no trigram indexes: in
+    the entry's own columns."""
+    if connections.get("default").capabilities.dialect == "postgres":
+        return (Q(search__failure_reason__icontains=q) | Q(search__endpoint_url__icontains=q)
+                | Q(search__last_error__icontains=q))
+    return (Q(failure_reason__icontains=q) | Q(endpoint_url__icontains=q)
+            | Q(last_error__icontains=q))
