@@ -242,3 +242,24 @@ async def test_status_changes_leave_the_search_rows_alone(db):
     entries_after, search_after = await versions()
     assert all(b != a for b, a in zip(entries_before, entries_after, strict=True))
     assert search_after == search_before
+
+
+async def test_a_search_page_is_read_with_in_memory_page_costs(db):
+    """On PostgreSQL a page with `q` is read in a transaction that prices out-of-order reads
+    at RANDOM_PAGE_COST (else, with many entries, the planner merges the search rows in id
+    order instead of looking each one up); without `q`, or on SQLite, on the default
+    connection as before."""
+    from models.dlq_filter import RANDOM_PAGE_COST, reading
+
+    async with reading(DlqFilter()) as conn:
+        assert conn is None
+    async with reading(DlqFilter(q="timeout")) as conn:
+        if not _postgres():
+            assert conn is None
+            return
+        rows = await conn.execute_query_dict("SHOW random_page_cost")
+        assert float(rows[0]["random_page_cost"]) == RANDOM_PAGE_COST
+        a = await make_endpoint("http://127.0.0.1:9/orders")
+        entry = await make_dead_letter(a, last_error="read timeout")
+        assert await select(DlqFilter(q="timeout")).using_db(conn).values_list(
+            "id", flat=True) == [entry.id]
