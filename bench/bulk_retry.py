@@ -40,6 +40,7 @@ from typing import Any
 
 import httpx
 
+from bench.deliveries import _Usage
 from bench._common import (Fill, FillSpec, Stack, as_datetime, describe, fill_dlq,
                            http_poster, make_endpoints, make_token, open_db, p95, stack)
 
@@ -107,6 +108,7 @@ async def _engine_rate(op_id: int) -> tuple[int, float]:
 async def throughput_run(b: Bench, client: httpx.AsyncClient) -> None:
     n = b.args.n
     endpoint_id, _ = await b.fill("throughput", n)
+    usage = _Usage()
     ms, started = await _retry_all(client, endpoint_id)
     b.report(f"POST /v1/dlq/retry-all response, {n:,} entries", f"{ms:.0f} ms", "< 200 ms")
     op = await _wait_finished(started["operation_id"], b.args.timeout)
@@ -116,6 +118,7 @@ async def throughput_run(b: Bench, client: httpx.AsyncClient) -> None:
     took = (op.finished_at - op.started_at).total_seconds()
     b.report("end-to-end completion", f"{took:.1f} s, {op.succeeded / took:,.0f} deliveries/s "
              f"(succeeded {op.succeeded:,}, failed {op.failed:,}, skipped {op.skipped:,})")
+    b.report("CPU per bulk delivery (Retry All → finished)", usage.report(max(op.succeeded, 1)))
     attempts, rate = await _engine_rate(op.id)
     b.report("bulk deliveries/s the engine's way (first attempt → last finished)",
              f"{rate:,.0f}/s over {attempts:,} attempts",
@@ -153,9 +156,13 @@ async def walker_alone(b: Bench, client: httpx.AsyncClient) -> None:
         walker_module._Pacer.batch = property(lambda self: size)  # type: ignore
     _, started = await _retry_all(client, endpoint_id)
     redis = await connect()
-    t0 = time.perf_counter()
+    t0, cpu0, usage = time.perf_counter(), time.process_time(), _Usage()
     result = await walker_module.walk_bulk_operation({"redis": redis}, started["operation_id"])
     took = time.perf_counter() - t0
+    handed = (await BulkOperation.get(id=started["operation_id"])).handed
+    b.report("CPU per entry handed, walker alone", f"walker process "
+             f"{(time.process_time() - cpu0) / max(handed, 1) * 1e6:,.0f} µs, "
+             + usage.report(max(handed, 1)))
     await redis.aclose()
     op = await BulkOperation.get(id=started["operation_id"])
     b.report(f"entries handed, walker alone (no deliveries in its process), walker batch "

@@ -47,8 +47,8 @@ class DeadLetter(Model):
 
     class Meta:
         table = "dead_letter"
-        # more in migrations 0009: (event_type, id) and, on PostgreSQL, trigram indexes for `q`;
-        # 0010: (status, event_type, endpoint_id, created_at) for the stats
+        # more in migrations 0009: (event_type, id); 0010: (status, event_type, endpoint_id,
+        # created_at) for the stats. What `q` searches is DeadLetterSearch's (0011).
         indexes = (("status", "created_at"),)
 
     async def save(self, using_db: BaseDBAsyncClient | None = None, *args: Any,
@@ -78,3 +78,27 @@ class DeadLetter(Model):
         value = self.__dict__.get(f"_{name}")
         return value if isinstance(value, Model) else None
 
+
+
+class DeadLetterSearch(Model):
+    # The text `q` searches of a DLQ entry, in a table of its own (migration 0011).
+    #
+    # Copies of the entry's three searched columns, apart so that a status change (a retry
+    # claims and resolves thousands of entries a second) never rewrites the search indexes (on
+    # PostgreSQL, trigram GIN indexes).
+    #
+    # Written only by the database: triggers (migration 0011) add the row when the entry is
+    # inserted (however: ORM, raw SQL, COPY) and copy the columns again when one of them changes
+    # (a failed retry's `failure_reason`); the row goes with its entry (ON DELETE CASCADE).
+
+    # (the entry is not the primary key: tortoise 1.1's migration state then disagrees with
+    # the model about `pk_attr`, and makemigrations never settles)
+    id = fields.IntField(primary_key=True)
+    entry: fields.OneToOneRelation[DeadLetter] = fields.OneToOneField(
+        "models.DeadLetter", related_name="search", on_delete=fields.CASCADE)
+    failure_reason = fields.CharField(max_length=64)
+    endpoint_url = fields.CharField(max_length=2048)
+    last_error = fields.TextField(null=True)
+
+    class Meta:
+        table = "dead_letter_search"

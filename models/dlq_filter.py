@@ -7,18 +7,26 @@ acts on those N (entries created afterwards have higher ids and are not swept in
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from tortoise import connections
+from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.expressions import Q
 from tortoise.queryset import QuerySet
+from tortoise.transactions import in_transaction
 
 from models.dead_letters import DeadLetter
 from models.enums import DeadLetterStatus
 
 #: what `GET /v1/dlq` shows when no status is asked for: the entries an operator acts on
 DEFAULT_STATUSES = (DeadLetterStatus.ACTIVE, DeadLetterStatus.RETRYING)
+#: the planner's cost of a page read out of order, for the DLQ reads that set it (PostgreSQL's
+#: own advice for data in memory or on SSD; the server's default of 4 assumes spinning disks)
+RANDOM_PAGE_COST = 1.1
 
 
 class DlqFilter(BaseModel):
@@ -88,10 +96,37 @@ def select(f: DlqFilter, *, default_statuses: bool = False) -> QuerySet[DeadLett
     if f.until:
         query = query.filter(created_at__lt=f.until)
     if f.q:
-        # one table (last_error is the entry's copy of its delivery's); on PostgreSQL each of
-        # the three expressions has a trigram index (migration 0009)
-        query = query.filter(Q(failure_reason__icontains=f.q) | Q(endpoint_url__icontains=f.q)
-                             | Q(last_error__icontains=f.q))
+        query = query.filter(_search(f.q))
     if f.max_id:
         query = query.filter(id__lte=f.max_id)
     return query
+
+
+def _search(q: str) -> Q:
+    """`q` in the failure reason, last error (the entry's copy of its delivery's) or endpoint
+    URL. On PostgreSQL in the entry's search row (models.dead_letters.DeadLetterSearch, kept
+    by the database), where each of the three expressions has a trigram index (migration
+    0011) that the entries' status changes never rewrite; on SQLite, no trigram indexes: in
+    the entry's own columns."""
+    if connections.get("default").capabilities.dialect == "postgres":
+        return (Q(search__failure_reason__icontains=q) | Q(search__endpoint_url__icontains=q)
+                | Q(search__last_error__icontains=q))
+    return (Q(failure_reason__icontains=q) | Q(endpoint_url__icontains=q)
+            | Q(last_error__icontains=q))
+
+
+@asynccontextmanager
+async def reading(f: DlqFilter) -> AsyncIterator[BaseDBAsyncClient | None]:
+    """The connection to read a page of `f`'s entries on (None: the default one).
+
+    On PostgreSQL with `q`, a transaction that prices out-of-order page reads at
+    RANDOM_PAGE_COST: the search rows are a table of their own, and with the server's default
+    the planner merges the two tables in id order, reading the search rows from the newest down
+    to the first entries the other filters keep (1,000,000 entries, `endpoint_id` + `q`: 1.5 s)
+    rather than looking up the search row of each entry those filters keep (3 ms)."""
+    if not f.q or connections.get("default").capabilities.dialect != "postgres":
+        yield None
+        return
+    async with in_transaction() as tx:
+        await tx.execute_script(f"SET LOCAL random_page_cost = {RANDOM_PAGE_COST}")
+        yield tx

@@ -11,7 +11,7 @@ from models.audit import AuditLog
 from models.cron import CronJob, CronRun
 from models.dead_letters import DeadLetter
 from models.deliveries import Attempt, Delivery
-from models.dlq_filter import DlqFilter, select
+from models.dlq_filter import DlqFilter, reading, select
 from models.enums import AgentStatus, CronRunStatus, DeadLetterStatus
 
 PREVIEW_CHARS = 120
@@ -147,7 +147,9 @@ async def dead_letter_page(f: DlqFilter, *, limit: int = 50,
     query = select(f, default_statuses=True)
     if cursor is not None:
         query = query.filter(id__lt=cursor)
-    entries = await query.order_by("-id").limit(limit + 1).select_related("message")
+    async with reading(f) as conn:
+        entries = await query.order_by("-id").limit(limit + 1).select_related(
+            "message").using_db(conn)
     rows = [dead_letter_row(e) for e in entries[:limit]]
     return DeadLetterPage(entries=rows,
                           next_cursor=rows[-1]["id"] if len(entries) > limit else None)

@@ -16,8 +16,8 @@ from tortoise import connections
 from jobs.embedded_redis import EmbeddedRedis
 
 _TABLES = [  # children first, for DELETE on SQLite
-    "attempt", "dead_letter", "delivery", "message", "endpoint", "application", "cron_run",
-    "cron_job", "agent", "scaling_event", "bulk_operation", "api_token", '"user"', "audit_log",
+    "attempt", "dead_letter_search", "dead_letter", "delivery", "message", "endpoint",
+    "application", "cron_run", "cron_job", "agent", "scaling_event", "bulk_operation", "api_token", '"user"', "audit_log",
 ]
 
 

@@ -36,7 +36,7 @@ from jobs.operations.dlq_stats import DlqStats, EndpointCount, stats  # noqa: F4
 from jobs.operations.reasons import check_reason
 from models.dead_letters import DeadLetter
 from models.deliveries import Delivery
-from models.dlq_filter import DlqFilter, select
+from models.dlq_filter import DlqFilter, reading, select
 from models.enums import DeadLetterStatus, DeliveryStatus
 from models.queries import DeadLetterDetail, DeadLetterRow, get_dead_letter, get_dead_letter_detail
 
@@ -232,8 +232,9 @@ async def export_rows(f: DlqFilter, *, page: int = EXPORT_PAGE) -> AsyncIterator
     query = select(f.model_copy(update={"max_id": bound}), default_statuses=True)
     after = 0
     while True:
-        entries = await query.filter(id__gt=after).order_by("id").limit(page).select_related(
-            "message", "delivery")
+        async with reading(f) as conn:
+            entries = await query.filter(id__gt=after).order_by("id").limit(
+                page).select_related("message", "delivery").using_db(conn)
         for entry in entries:
             yield _export_row(entry)
         if len(entries) < page:

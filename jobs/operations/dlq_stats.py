@@ -27,13 +27,10 @@ from tortoise.expressions import Q
 from tortoise.functions import Max
 from tortoise.transactions import in_transaction
 
-from models.dlq_filter import DlqFilter, select
+from models.dlq_filter import RANDOM_PAGE_COST, DlqFilter, select
 from models.enums import DeadLetterStatus
 
 TOP_ENDPOINTS = 20
-#: the planner's cost of a page read out of order, for this statement only (PostgreSQL's own
-#: advice for data in memory or on SSD; the server's default of 4 assumes spinning disks)
-RANDOM_PAGE_COST = 1.1
 
 #: `{entries}`: the filter's query (models.dlq_filter.select) of the four columns, named as
 #: they are, with its parameters (a subquery, not a CTE of its own: SQLite would copy it whole

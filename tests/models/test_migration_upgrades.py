@@ -38,14 +38,15 @@ async def upgrade(test_environment: dict[str, str], tmp_path: Path) -> AsyncIter
     schema = f"upgrade_{uuid.uuid4().hex[:12]}" if base.startswith("postgres") else None
     steps: list[str | None] = []
 
-    def url_for(target: str | None) -> str:
+    def url_for(first: bool) -> str:
         if schema is None:
             return f"sqlite://{tmp_path / 'upgrade.db'}"
         # Migration 0009 needs pg_trgm's operator classes, which live in `public`. `public`
         # holds the test database's own tables too, and an unqualified name missing here
         # would reach them (the recorder's first read, before it creates its table, would
-        # roll them back), so it joins the path only once every table exists in this schema.
-        path = schema if target else f"{schema},public"
+        # roll them back), so it joins the path only after the first step, once this schema
+        # has its own tables (a first step must stop before 0009).
+        path = schema if first else f"{schema},public"
         return base + ("&" if "?" in base else "?") + f"schema={path}"
 
     @asynccontextmanager
@@ -53,7 +54,7 @@ async def upgrade(test_environment: dict[str, str], tmp_path: Path) -> AsyncIter
         if target is None and not steps:
             raise ValueError("upgrade(): migrate to an earlier migration first")
         steps.append(target)
-        config = tortoise_config(url_for(target))
+        config = tortoise_config(url_for(len(steps) == 1))
         async with TortoiseContext():
             await migrate(config=config, target=f"models.{target}" if target else None)
         async with TortoiseContext():
@@ -213,3 +214,47 @@ async def test_0007_upgrades_agents_registered_before_it(upgrade):
     ]
     assert swept["zombies"] == 1
     assert after == [("worker@h:11", "zombie", now), ("worker@h:12", "stopped", None)]
+
+
+# --- 0011: what `q` searches in a table of its own ----------------------------------------------
+
+async def test_0011_keeps_every_entry_searchable(upgrade):
+    """Entries of every status written before 0011 are found by `q` afterwards, by error,
+    reason and URL (on PostgreSQL through the search rows 0011 copies them into), and so are
+    entries written after it; `q`'s indexes left the entries' table."""
+    from models.enums import DeadLetterStatus as S
+
+    async with upgrade("0008_indexes"):
+        pass
+    async with upgrade("0010_dead_letter_stats_index") as conn:
+        from tests.factories import make_dead_letter, make_endpoint
+
+        endpoint = await make_endpoint("http://127.0.0.1:9/before-0011")
+        before = {status: (await make_dead_letter(
+            endpoint, status=status, last_error=f"{status.value} error before 0011")).id
+            for status in S}
+
+    async with upgrade() as conn:
+        from models.dead_letters import DeadLetter, DeadLetterSearch
+        from models.dlq_filter import DlqFilter, select
+        from tests.factories import make_dead_letter
+
+        async def found(q: str) -> list[int]:
+            return list(await select(DlqFilter(q=q)).order_by("id").values_list(
+                "id", flat=True))
+
+        after = (await make_dead_letter(endpoint, last_error="written after 0011")).id
+        for status, entry_id in before.items():
+            assert await found(f"{status.value} error before") == [entry_id]
+        assert await found("before-0011") == [*before.values(), after]
+        assert await found("MAX_ATTEMPTS") == [*before.values(), after]
+        assert await found("after 0011") == [after]
+        postgres = conn.capabilities.dialect == "postgres"
+        if postgres:
+            assert await DeadLetterSearch.all().order_by("entry_id").values_list(
+                "entry_id", "last_error") == await DeadLetter.all().order_by("id").values_list(
+                "id", "last_error")
+            indexes = await conn.execute_query_dict(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'dead_letter' "
+                "AND schemaname = current_schema()")
+            assert not [r for r in indexes if r["indexname"].endswith("_trgm")]

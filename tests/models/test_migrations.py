@@ -98,16 +98,20 @@ async def test_dlq_filters_have_their_indexes(db):
         assert "idx_dead_letter_event_type" in {r["name"] for r in rows}
         return
     rows = await conn.execute_query_dict(
-        "SELECT indexname AS name FROM pg_indexes WHERE tablename = 'dead_letter'")
-    names = {r["name"] for r in rows}
-    assert "idx_dead_letter_event_type" in names
-    trigram = {f"idx_dead_letter_{c}_trgm" for c in ("failure_reason", "endpoint_url",
-                                                     "last_error")}
+        "SELECT tablename AS t, indexname AS name FROM pg_indexes "
+        "WHERE tablename IN ('dead_letter', 'dead_letter_search')")
+    names = {(r["t"], r["name"]) for r in rows}
+    assert ("dead_letter", "idx_dead_letter_event_type") in names
+    columns = ("failure_reason", "endpoint_url", "last_error")
+    # `q`'s indexes are on the search rows (migration 0011), none left on the entries, whose
+    # status changes would rewrite them
+    assert ("dead_letter_search", "uid_dead_letter_search_entry") in names
+    assert not [n for t, n in names if t == "dead_letter" and n.endswith("_trgm")]
+    trigram = {("dead_letter_search", f"idx_dead_letter_search_{c}_trgm") for c in columns}
     statistics = {r["name"] for r in await conn.execute_query_dict(
         "SELECT stxname AS name FROM pg_statistic_ext")}
     # pg_trgm where it could be created; else planner statistics on the searched expressions
-    assert trigram <= names or {f"st_dead_letter_{c}" for c in (
-        "failure_reason", "endpoint_url", "last_error")} <= statistics
+    assert trigram <= names or {f"st_dead_letter_search_{c}" for c in columns} <= statistics
 
 
 async def test_a_refused_extension_rolls_back_only_its_savepoint(db):
