@@ -48,7 +48,7 @@ class DeadLetter(Model):
     class Meta:
         table = "dead_letter"
         # more in migrations 0009: (event_type, id); 0010: (status, event_type, endpoint_id,
-        # created_at) for the stats. What `q` searches is DeadLetterSearch's (0011).
+        # created_at) for the stats. What `q` searches is DeadLetterSearch's (0012).
         indexes = (("status", "created_at"),)
 
     async def save(self, using_db: BaseDBAsyncClient | None = None, *args: Any,
@@ -81,13 +81,13 @@ class DeadLetter(Model):
 
 
 class DeadLetterSearch(Model):
-    # The text `q` searches of a DLQ entry, in a table of its own (migration 0011).
+    # The text `q` searches of a DLQ entry, in a table of its own (migration 0012).
     #
     # Copies of the entry's three searched columns, apart so that a status change (a retry
     # claims and resolves thousands of entries a second) never rewrites the search indexes (on
     # PostgreSQL, trigram GIN indexes).
     #
-    # Written only by the database: triggers (migration 0011) add the row when the entry is
+    # Written only by the database: triggers (migration 0012) add the row when the entry is
     # inserted (however: ORM, raw SQL, COPY) and copy the columns again when one of them changes
     # (a failed retry's `failure_reason`); the row goes with its entry (ON DELETE CASCADE).
 

@@ -106,7 +106,7 @@ def _search(q: str) -> Q:
     """`q` in the failure reason, last error (the entry's copy of its delivery's) or endpoint
     URL. On PostgreSQL in the entry's search row (models.dead_letters.DeadLetterSearch, kept
     by the database), where each of the three expressions has a trigram index (migration
-    0011) that the entries' status changes never rewrite; on SQLite, no trigram indexes: in
+    0012) that the entries' status changes never rewrite; on SQLite, no trigram indexes: in
     the entry's own columns."""
     if connections.get("default").capabilities.dialect == "postgres":
         return (Q(search__failure_reason__icontains=q) | Q(search__endpoint_url__icontains=q)

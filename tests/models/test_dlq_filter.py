@@ -110,7 +110,7 @@ async def test_event_type_groups_match_the_message_groups(db):
                           "contact.removed": 1}
 
 
-# --- `q` after status changes (migration 0011: the search rows) ---------------------------------
+# --- `q` after status changes (migration 0012: the search rows) ---------------------------------
 
 def _postgres() -> bool:
     from tortoise import connections
@@ -214,7 +214,7 @@ async def test_q_finds_entries_written_in_raw_sql(db):
 
 
 async def test_status_changes_leave_the_search_rows_alone(db):
-    """What migration 0011 is for (PostgreSQL): a claim's status change rewrites the entry
+    """What migration 0012 is for (PostgreSQL): a claim's status change rewrites the entry
     but not its search row, so the trigram indexes get no new entries."""
     import pytest
     from tortoise import connections

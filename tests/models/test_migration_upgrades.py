@@ -216,22 +216,22 @@ async def test_0007_upgrades_agents_registered_before_it(upgrade):
     assert after == [("worker@h:11", "zombie", now), ("worker@h:12", "stopped", None)]
 
 
-# --- 0011: what `q` searches in a table of its own ----------------------------------------------
+# --- 0012: what `q` searches in a table of its own ----------------------------------------------
 
-async def test_0011_keeps_every_entry_searchable(upgrade):
-    """Entries of every status written before 0011 are found by `q` afterwards, by error,
-    reason and URL (on PostgreSQL through the search rows 0011 copies them into), and so are
+async def test_0012_keeps_every_entry_searchable(upgrade):
+    """Entries of every status written before 0012 are found by `q` afterwards, by error,
+    reason and URL (on PostgreSQL through the search rows 0012 copies them into), and so are
     entries written after it; `q`'s indexes left the entries' table."""
     from models.enums import DeadLetterStatus as S
 
     async with upgrade("0008_indexes"):
         pass
-    async with upgrade("0010_dead_letter_stats_index") as conn:
+    async with upgrade("0011_delivery_partial_indexes") as conn:
         from tests.factories import make_dead_letter, make_endpoint
 
-        endpoint = await make_endpoint("http://127.0.0.1:9/before-0011")
+        endpoint = await make_endpoint("http://127.0.0.1:9/before-0012")
         before = {status: (await make_dead_letter(
-            endpoint, status=status, last_error=f"{status.value} error before 0011")).id
+            endpoint, status=status, last_error=f"{status.value} error before 0012")).id
             for status in S}
 
     async with upgrade() as conn:
@@ -243,12 +243,12 @@ async def test_0011_keeps_every_entry_searchable(upgrade):
             return list(await select(DlqFilter(q=q)).order_by("id").values_list(
                 "id", flat=True))
 
-        after = (await make_dead_letter(endpoint, last_error="written after 0011")).id
+        after = (await make_dead_letter(endpoint, last_error="written after 0012")).id
         for status, entry_id in before.items():
             assert await found(f"{status.value} error before") == [entry_id]
-        assert await found("before-0011") == [*before.values(), after]
+        assert await found("before-0012") == [*before.values(), after]
         assert await found("MAX_ATTEMPTS") == [*before.values(), after]
-        assert await found("after 0011") == [after]
+        assert await found("after 0012") == [after]
         postgres = conn.capabilities.dialect == "postgres"
         if postgres:
             assert await DeadLetterSearch.all().order_by("entry_id").values_list(

@@ -103,7 +103,7 @@ async def test_dlq_filters_have_their_indexes(db):
     names = {(r["t"], r["name"]) for r in rows}
     assert ("dead_letter", "idx_dead_letter_event_type") in names
     columns = ("failure_reason", "endpoint_url", "last_error")
-    # `q`'s indexes are on the search rows (migration 0011), none left on the entries, whose
+    # `q`'s indexes are on the search rows (migration 0012), none left on the entries, whose
     # status changes would rewrite them
     assert ("dead_letter_search", "uid_dead_letter_search_entry") in names
     assert not [n for t, n in names if t == "dead_letter" and n.endswith("_trgm")]

@@ -98,7 +98,7 @@ async def _search_table(apps: object, editor: BaseSchemaEditor) -> None:
 
 
 async def _drop_search_table(apps: object, editor: BaseSchemaEditor) -> None:
-    """Back to 0010: no triggers, the search indexes on dead_letter again (the table itself
+    """Back to 0011: no triggers, the search indexes on dead_letter again (the table itself
     is dropped by the reverse of CreateModel)."""
     if editor.client.capabilities.dialect != "postgres":
         return
@@ -107,7 +107,7 @@ async def _drop_search_table(apps: object, editor: BaseSchemaEditor) -> None:
 
 
 class Migration(migrations.Migration):
-    dependencies = [('models', '0010_dead_letter_stats_index')]
+    dependencies = [('models', '0011_delivery_partial_indexes')]
 
     initial = False
 
