@@ -88,13 +88,14 @@ class Stack:
 
     def start_workers(self, *, delivery: int = 1, bulk: int = 1,
                       **env: str) -> list[subprocess.Popen[bytes]]:
-        """arq workers as `observatory up` starts them: `jobs.worker.WorkerSettings` on the
-        main queue and `jobs.worker.BulkWorkerSettings` on the bulk lane."""
-        arq = str(BIN / "arq")
+        """arq workers as `observatory up` starts them (`python -m jobs.run_worker`, on
+        uvloop): `jobs.worker.WorkerSettings` on the main queue and
+        `jobs.worker.BulkWorkerSettings` on the bulk lane."""
+        from dashboard.cli.up import WORKER_ARGV
+
         stamp = f"{time.monotonic_ns()}"
-        return ([self.start(f"worker-{stamp}-{i}", [arq, "jobs.worker.WorkerSettings"], **env)
-                 for i in range(delivery)]
-                + [self.start(f"bulk-{stamp}-{i}", [arq, "jobs.worker.BulkWorkerSettings"], **env)
+        return ([self.start(f"worker-{stamp}-{i}", WORKER_ARGV, **env) for i in range(delivery)]
+                + [self.start(f"bulk-{stamp}-{i}", [*WORKER_ARGV, "--bulk"], **env)
                    for i in range(bulk)])
 
     def stop(self, procs: Sequence[subprocess.Popen[bytes]] | None = None) -> None:

@@ -1,8 +1,11 @@
-"""arq worker settings: `arq jobs.worker.WorkerSettings`."""
+"""arq worker settings: `python -m jobs.run_worker [--bulk]` (on uvloop) or
+`arq jobs.worker.WorkerSettings`."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import json
 import logging
 import os
 from datetime import UTC
@@ -72,6 +75,10 @@ async def _start(ctx: dict[str, Any]) -> None:
     start_flushing(ctx)
     ctx["agent_id"] = worker_id()  # stored on the deliveries it claims (jobs.deliver.claim)
     _tune_gc()
+    loop = type(asyncio.get_running_loop())
+    logging.getLogger("observatory.worker").info(json.dumps(
+        {"event": "worker.started", "agent": ctx["agent_id"],
+         "loop": f"{loop.__module__}.{loop.__qualname__}"}))
 
 
 async def startup(ctx: dict[str, Any]) -> None:

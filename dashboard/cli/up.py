@@ -28,6 +28,8 @@ VENV_BIN = Path(sys.executable).parent
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER_SETTINGS = "jobs.worker.WorkerSettings"
 BULK_WORKER_SETTINGS = "jobs.worker.BulkWorkerSettings"
+#: a worker process: arq's worker on uvloop (jobs.run_worker); `--bulk` for the bulk lane
+WORKER_ARGV = [sys.executable, "-m", "jobs.run_worker"]
 GRACE_S = 10.0  # SIGTERM → SIGKILL
 MAX_BACKOFF_S = 30.0
 STABLE_AFTER_S = 30.0  # a child that ran this long restarts after the shortest delay again
@@ -201,13 +203,12 @@ def base_env(redis_url: str, data_dir: Path, *, demo: bool) -> dict[str, str]:
 
 
 def worker_specs(count: int, env: dict[str, str]) -> list[ChildSpec]:
-    argv = [_tool("arq"), WORKER_SETTINGS]
-    return [ChildSpec(f"worker-{i}", argv, env) for i in range(1, count + 1)]
+    return [ChildSpec(f"worker-{i}", WORKER_ARGV, env) for i in range(1, count + 1)]
 
 
 def bulk_worker_spec(env: dict[str, str]) -> ChildSpec:
     """One worker on the bulk lane (Retry All walkers and their deliveries)."""
-    return ChildSpec("bulk", [_tool("arq"), BULK_WORKER_SETTINGS], env)
+    return ChildSpec("bulk", [*WORKER_ARGV, "--bulk"], env)
 
 
 def web_spec(port: int, env: dict[str, str]) -> ChildSpec:
@@ -370,7 +371,8 @@ def _facts(options: UpOptions, url: str, data_dir: Path, redis_url: str,
         "database": ("DATABASE_URL (" + settings.database_url.split(":", 1)[0] + ")"
                      if settings.database_url else f"SQLite {data_dir / 'observatory.db'}"),
         "workers": f"{options.workers} x arq {WORKER_SETTINGS}"
-                   + (f", 1 x arq {BULK_WORKER_SETTINGS}" if options.workers else ""),
+                   + (f", 1 x arq {BULK_WORKER_SETTINGS}" if options.workers else "")
+                   + " (python -m jobs.run_worker, on uvloop)",
     }
     if demo_port:
         facts["demo"] = (f"receiver http://127.0.0.1:{demo_port} (/ok /flaky /gone /slow), "

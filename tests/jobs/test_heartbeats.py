@@ -4,6 +4,7 @@ beat too; an old heartbeat makes an alive agent a zombie."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -56,15 +57,21 @@ async def _until(predicate, timeout_s: float = 60.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.parametrize(("argv", "loop"), [
+    ([sys.executable, "-m", "jobs.run_worker"], "uvloop.Loop"),  # as `observatory up` runs it
+    ([ARQ, "jobs.worker.WorkerSettings"], "asyncio.unix_events._UnixSelectorEventLoop"),
+], ids=["run_worker", "arq-cli"])
 async def test_a_worker_registers_beats_its_figures_and_exits_stopped(db, redis, receiver,
-                                                                     monkeypatch):
+                                                                     monkeypatch, tmp_path,
+                                                                     argv, loop):
     monkeypatch.setenv("HEARTBEAT_INTERVAL", "0.5")
     monkeypatch.setenv("HEARTBEAT_ZOMBIE_AFTER", "2")
     receiver.script("/hook", Reply(200, "ok"))
     endpoint = await make_endpoint(receiver.url("/hook"))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    worker = subprocess.Popen([ARQ, "jobs.worker.WorkerSettings"], env=env, cwd=REPO,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    output = tmp_path / "worker.log"
+    worker = subprocess.Popen(argv, env=env, cwd=REPO, stdout=output.open("wb"),
+                              stderr=subprocess.STDOUT)
     try:
         agent = await _until(lambda: Agent.get_or_none(pid=worker.pid), what="registration")
         assert (agent.kind, agent.queue, agent.status) == ("worker", queue_name(),
@@ -91,6 +98,9 @@ async def test_a_worker_registers_beats_its_figures_and_exits_stopped(db, redis,
     assert (await sweep_zombies({"redis": redis}))["zombies"] == 0
     assert [r["status"] for r in await queries.list_agents()] == ["stopped"]
     assert (await Delivery.get(id=delivery_id)).status == DeliveryStatus.SUCCEEDED
+    started = [json.loads(line) for line in output.read_text().splitlines()
+               if line.startswith('{"event": "worker.started"')]
+    assert [(s["agent"], s["loop"]) for s in started] == [(agent.id, loop)]
 
 
 async def test_worker_stats_count_running_jobs_and_outcomes():

@@ -19,7 +19,7 @@ from models.enums import DeliveryStatus
 from tests.factories import make_endpoint
 from tests.receiver import Reply
 
-ARQ = str(Path(sys.executable).parent / "arq")
+WORKER = [sys.executable, "-m", "jobs.run_worker"]  # as `observatory up` starts one
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -31,7 +31,7 @@ def policy(max_retries: int) -> dict:
 async def _kill_worker_mid_attempt(receiver, path: str, delivery_id: int) -> None:
     """Start a real worker, wait until the receiver holds its request, then SIGKILL it."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    worker = subprocess.Popen([ARQ, "jobs.worker.WorkerSettings"], env=env, cwd=REPO,
+    worker = subprocess.Popen(WORKER, env=env, cwd=REPO,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(1200):  # a worker starts in a second or two; allow a loaded machine

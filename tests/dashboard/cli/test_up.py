@@ -16,7 +16,8 @@ import pytest
 
 from dashboard.cli import CliError
 from dashboard.cli.up import (REPO_ROOT, VENV_BIN, ChildSpec, RedisKeeper, Supervisor,
-                              _check_port_free, _lock_data_dir, base_env, demo_spec,
+                              _check_port_free, _lock_data_dir, base_env, bulk_worker_spec,
+                              demo_spec,
                               wait_until_ready, web_spec, worker_specs)
 from jobs.embedded_redis import EmbeddedRedis
 
@@ -165,7 +166,8 @@ def test_children_command_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     demo = demo_spec(4555, "http://127.0.0.1:3123", env, "obs_tok")
 
     assert [w.name for w in workers] == ["worker-1", "worker-2"]
-    assert workers[0].argv == [str(VENV_BIN / "arq"), "jobs.worker.WorkerSettings"]
+    assert workers[0].argv == [sys.executable, "-m", "jobs.run_worker"]
+    assert bulk_worker_spec(env).argv == [sys.executable, "-m", "jobs.run_worker", "--bulk"]
     assert web.argv == [str(VENV_BIN / "reflex"), "run", "--env", "prod", "--single-port",
                         "--backend-port", "3123", "--backend-host", "127.0.0.1"]
     assert web.cwd == REPO_ROOT and web.env["REFLEX_USE_NPM"] == "1"
