@@ -187,3 +187,39 @@ async def test_cancelled_attempt_releases_its_claim(db, redis, receiver):
         await close_context(ctx)
     delivery = await Delivery.get(id=delivery_id)
     assert (delivery.status, delivery.attempts) == (DeliveryStatus.QUEUED, 0)
+
+
+async def test_each_attempt_writes_one_json_log_line(db, redis, receiver, run_worker):
+    import logging
+
+    receiver.script("/fail", Reply(503, "busy"))  # 2 retries, 1 s apart (make_endpoint)
+    ok = await make_endpoint(receiver.url("/ok"))
+    failing = await make_endpoint(receiver.url("/fail"), app=await ok.app)
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.extend(record.getMessage().splitlines())  # type: ignore[method-assign]
+    logger = logging.getLogger("observatory.deliver")
+    logger.addHandler(handler)
+    try:
+        result = await publish_message(ok.app_id, "order.created", {"n": 1}, redis=redis)
+        await run_worker()
+    finally:
+        logger.removeHandler(handler)
+
+    ids = {d["endpoint_id"]: d["id"] for d in result["deliveries"]}
+    logged = [json.loads(line) for line in lines if line.startswith('{"event": "attempt"')]
+    assert len(logged) == len(lines) == 4  # one line per attempt, nothing else
+    by_delivery = {i: [x for x in logged if x["delivery_id"] == i] for i in ids.values()}
+    [success] = by_delivery[ids[ok.id]]
+    assert success["job_id"] and success["duration_ms"] >= 0
+    assert {k: success[k] for k in ("endpoint_id", "attempt", "status", "outcome", "error",
+                                    "delivery_status", "delay_ms")} == {
+        "endpoint_id": ok.id, "attempt": 1, "status": 200, "outcome": "success", "error": None,
+        "delivery_status": "succeeded", "delay_ms": None}
+    tries = by_delivery[ids[failing.id]]
+    assert [(t["attempt"], t["status"], t["outcome"], t["error"], t["delivery_status"],
+             t["delay_ms"]) for t in tries] == [
+        (1, 503, "retryable", "server_error", "retrying", 1000),
+        (2, 503, "retryable", "server_error", "retrying", 1000),
+        (3, 503, "retryable", "server_error", "failed", None)]
+    assert tries[1]["job_id"] == f"{ids[failing.id]}:2"  # a retry is its own job
