@@ -5,16 +5,13 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Callable
 from datetime import timedelta
 
-import pytest
 from arq import Retry
 from arq.jobs import Job, JobStatus
 from arq.worker import Worker
 
 from jobs.queue import redis_settings
-from jobs.run_worker import LeanWorker
 
 QUEUE = "arq-compat"
 
@@ -33,20 +30,15 @@ async def _sleepy(ctx):
     await asyncio.sleep(30)
 
 
-@pytest.fixture(params=[Worker, LeanWorker], ids=["arq", "lean"])
-def make_worker(request: pytest.FixtureRequest) -> Callable[..., Worker]:
-    """arq's Worker, and ours (jobs.run_worker.LeanWorker) which must keep its rules."""
-
-    def make(**kwargs) -> Worker:
-        kwargs.setdefault("burst", True)
-        return request.param(functions=[_add, _flaky, _sleepy], queue_name=QUEUE, poll_delay=0,
-                             redis_settings=redis_settings(), handle_signals=False, **kwargs)
-    return make
+def _worker(**kwargs) -> Worker:
+    kwargs.setdefault("burst", True)
+    return Worker(functions=[_add, _flaky, _sleepy], queue_name=QUEUE, poll_delay=0,
+                  redis_settings=redis_settings(), handle_signals=False, **kwargs)
 
 
-async def test_deferred_job_runs_after_its_delay(redis, make_worker):
+async def test_deferred_job_runs_after_its_delay(redis):
     job = await redis.enqueue_job("_add", 1, 2, _queue_name=QUEUE, _defer_by=0.3)
-    worker = make_worker()
+    worker = _worker()
     await worker.main()
     await worker.close()
     assert await job.result(timeout=1) == 3
@@ -59,17 +51,17 @@ async def test_duplicate_job_id_is_refused(redis):
     assert await redis.enqueue_job("_add", 1, 1, _queue_name=QUEUE, _job_id="same") is None
 
 
-async def test_retry_reruns_the_job(redis, make_worker):
+async def test_retry_reruns_the_job(redis):
     job = await redis.enqueue_job("_flaky", _queue_name=QUEUE)
-    worker = make_worker(max_tries=3)
+    worker = _worker(max_tries=3)
     await worker.main()
     await worker.close()
     assert await job.result(timeout=1) == 2
 
 
-async def test_abort_cancels_a_running_job(redis, make_worker):
+async def test_abort_cancels_a_running_job(redis):
     job = await redis.enqueue_job("_sleepy", _queue_name=QUEUE)
-    worker = make_worker(allow_abort_jobs=True, burst=False)
+    worker = _worker(allow_abort_jobs=True, burst=False)
     task = asyncio.create_task(worker.main())
     for _ in range(100):
         if await job.status() == JobStatus.in_progress:
