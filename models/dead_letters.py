@@ -36,7 +36,8 @@ class DeadLetter(Model):
     policy = fields.JSONField(default=dict)  # the retry policy in force when it failed
     metadata = fields.JSONField(default=dict)  # event type, tags, priority
     retry_count = fields.IntField(default=0)
-    # the delivery of the retry in flight or last made
+    # the delivery of the retry in flight or last made (on PostgreSQL no foreign key checks
+    # it: migration 0013; its writers create that delivery, a trigger does ON DELETE SET NULL)
     last_retry_delivery: fields.ForeignKeyNullableRelation = fields.ForeignKeyField(
         "models.Delivery", related_name="retried_dead_letters", null=True,
         on_delete=fields.SET_NULL,

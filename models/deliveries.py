@@ -37,7 +37,9 @@ class Delivery(Model):
     next_attempt_at = fields.DatetimeField(null=True)
     last_error = fields.TextField(null=True)
     last_status_code = fields.IntField(null=True)
-    # the delivery this one re-runs (manual retry); the original keeps its own status
+    # the delivery this one re-runs (manual retry); the original keeps its own status.
+    # On PostgreSQL no foreign key checks it (migration 0013: its writers guarantee it, a
+    # trigger does the ON DELETE SET NULL); the same for bulk_operation below
     retry_of: fields.ForeignKeyNullableRelation[Delivery] = fields.ForeignKeyField(
         "models.Delivery", related_name="retries", null=True, on_delete=fields.SET_NULL
     )

@@ -12,9 +12,11 @@ one takes each), creates one queued delivery per claimed entry (`retry_of`, the 
     PostgreSQL  ONE statement (atomic on its own): the scope's query, a row lock on the
                 operation when its cursor is still ours, then data-modifying CTEs. The claim
                 draws each delivery's id from the sequence and links the entry to it, so each
-                entry row is written once (the link's foreign key is checked at the end of
-                the statement, once the deliveries exist; a second UPDATE of rows written in
-                the same transaction would re-run all their foreign-key checks).
+                entry row is written once (a second UPDATE of rows written in the same
+                transaction would re-run all their foreign-key checks). Of a new delivery's
+                keys only `message_id` and `endpoint_id` are checked: the statement itself
+                guarantees the operation (locked), the original delivery (the claimed entry's)
+                and the link (created here), migration 0013.
     SQLite      the scope's query, then claim, create, link and the cursor in one transaction
                 (no data-modifying CTEs there; a writer holds the write lock until commit).
 """

@@ -128,3 +128,51 @@ async def test_a_refused_extension_rolls_back_only_its_savepoint(db):
         assert await migration._extension(conn, "pg_trgm") is True
         assert await migration._extension(conn, "observatory_no_such_extension") is False
         assert await conn.execute_query_dict("SELECT 1 AS ok") == [{"ok": 1}]
+
+
+async def test_deletes_unlink_retries_and_operations_as_set_null_did(db):
+    """Migration 0013 drops three foreign keys on PostgreSQL (the walker step need not check
+    them); deleting what they referenced still nulls the references, as ON DELETE SET NULL
+    did (and still does on SQLite): a delivery's re-runs and the entry's link to its retry,
+    an operation's deliveries."""
+    from tortoise import connections
+
+    from models.bulk import BulkOperation
+    from models.dead_letters import DeadLetter
+    from models.deliveries import Delivery
+    from models.enums import BulkKind, DeliveryStatus
+    from tests.factories import make_dead_letter, make_endpoint
+
+    entry = await make_dead_letter(await make_endpoint("http://127.0.0.1:9/hook"))
+    other = await make_dead_letter(await make_endpoint("http://127.0.0.1:9/other"))
+    op = await BulkOperation.create(kind=BulkKind.RETRY, actor="alice")
+    retry = await Delivery.create(message_id=entry.message_id, endpoint_id=entry.endpoint_id,  # type: ignore[attr-defined]
+                                  status=DeliveryStatus.QUEUED, bulk_operation_id=op.id,
+                                  retry_of_id=entry.delivery_id)  # type: ignore[attr-defined]
+    again = await Delivery.create(message_id=entry.message_id, endpoint_id=entry.endpoint_id,  # type: ignore[attr-defined]
+                                  status=DeliveryStatus.QUEUED, retry_of_id=retry.id)
+    kept = await Delivery.create(message_id=other.message_id, endpoint_id=other.endpoint_id,  # type: ignore[attr-defined]
+                                 status=DeliveryStatus.QUEUED, retry_of_id=other.delivery_id,  # type: ignore[attr-defined]
+                                 bulk_operation_id=op.id)
+    await DeadLetter.filter(id=entry.id).update(last_retry_delivery_id=retry.id)
+    await DeadLetter.filter(id=other.id).update(last_retry_delivery_id=kept.id)
+
+    await Delivery.filter(id=retry.id).delete()
+    assert (await Delivery.get(id=again.id)).retry_of_id is None  # type: ignore[attr-defined]
+    assert (await DeadLetter.get(id=entry.id)).last_retry_delivery_id is None  # type: ignore[attr-defined]
+    assert (await DeadLetter.get(id=other.id)).last_retry_delivery_id == kept.id  # type: ignore[attr-defined]
+    assert (await Delivery.get(id=kept.id)).retry_of_id == other.delivery_id  # type: ignore[attr-defined]
+
+    await BulkOperation.filter(id=op.id).delete()
+    assert (await Delivery.get(id=kept.id)).bulk_operation_id is None  # type: ignore[attr-defined]
+
+    conn = connections.get("default")
+    if conn.capabilities.dialect == "postgres":  # the keys the walker step no longer checks
+        rows = await conn.execute_query_dict(
+            "SELECT conrelid::regclass::text AS t, a.attname AS c FROM pg_constraint k "
+            "JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = ANY(k.conkey) "
+            "WHERE k.contype = 'f' AND k.conrelid::regclass::text IN ('delivery', 'dead_letter')")
+        keys = {(r["t"], r["c"]) for r in rows}
+        assert ("delivery", "message_id") in keys and ("delivery", "endpoint_id") in keys
+        assert not keys & {("delivery", "bulk_operation_id"), ("delivery", "retry_of_id"),
+                           ("dead_letter", "last_retry_delivery_id")}
