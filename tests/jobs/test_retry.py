@@ -248,3 +248,78 @@ async def test_a_statement_failing_mid_retry_undoes_the_claim_and_raises_tortois
                              [entry.message_id, entry.id])  # type: ignore[attr-defined]
     result = await retry_dead_letter(entry.id, "alice", redis=redis)
     assert (await Delivery.get(id=result["delivery_id"])).message_id == entry.message_id  # type: ignore[attr-defined]
+
+
+async def test_concurrent_sqlite_retries_share_a_transaction_and_one_failing_undoes_only_itself(
+        db, redis, receiver, monkeypatch):
+    """SQLite: retries arriving together are written in one transaction (group commit), each
+    in its own savepoint: the one whose INSERT fails is undone alone and gets tortoise's error,
+    the others are done; a second click on an entry of the group is refused as usual."""
+    from tortoise import connections
+    from tortoise.exceptions import IntegrityError
+
+    from jobs.operations import retry as retry_module
+
+    if db.startswith("postgres"):
+        pytest.skip("SQLite's group commit (PostgreSQL's retry is one statement)")
+    endpoint = await make_endpoint(receiver.url("/ok"))
+    entries = [await make_dead_letter(endpoint) for _ in range(6)]
+    broken = entries[2]
+    conn = connections.get("default")
+    await conn.execute_script("PRAGMA foreign_keys=OFF")
+    try:
+        await conn.execute_query("UPDATE dead_letter SET message_id = 999999 WHERE id = ?",
+                                 [broken.id])
+    finally:
+        await conn.execute_script("PRAGMA foreign_keys=ON")
+    sizes: list[int] = []
+    real = retry_module._sqlite_retry_transaction
+
+    def counting(db_, items):  # type: ignore[no-untyped-def]
+        sizes.append(len(items))
+        return real(db_, items)
+
+    monkeypatch.setattr(retry_module, "_sqlite_retry_transaction", counting)
+
+    results = await asyncio.gather(
+        *(retry_dead_letter(e.id, f"u{i}", redis=redis) for i, e in enumerate(entries)),
+        retry_dead_letter(entries[0].id, "late", redis=redis), return_exceptions=True)
+
+    assert sizes == [7]  # one transaction for the seven
+    assert isinstance(results[2], IntegrityError)
+    assert isinstance(results[6], AlreadyInFlightError)
+    done = [r for i, r in enumerate(results) if i not in (2, 6)]
+    assert [r["dead_letter_id"] for r in done] == [e.id for i, e in enumerate(entries) if i != 2]
+    after = {e.id: e for e in await DeadLetter.all()}
+    assert (after[broken.id].status, after[broken.id].retry_count,
+            after[broken.id].last_retry_delivery_id) == (DeadLetterStatus.ACTIVE, 0, None)  # type: ignore[attr-defined]
+    for r in done:
+        entry = after[r["dead_letter_id"]]
+        assert (entry.status, entry.retry_count, entry.last_retry_delivery_id) == (  # type: ignore[attr-defined]
+            DeadLetterStatus.RETRYING, 1, r["delivery_id"])
+        assert (await Delivery.get(id=r["delivery_id"])).retry_of_id == entry.delivery_id  # type: ignore[attr-defined]
+    assert await Delivery.filter(retry_of_id__not_isnull=True).count() == 5
+    audit = sorted((a.action, a.target_id) for a in await AuditLog.all())
+    assert audit == sorted([("dlq.retry", str(r["dead_letter_id"])) for r in done]
+                           + [("dlq.retry_refused", str(entries[0].id))])
+    assert await redis.zcard(__import__("jobs.queue").queue.queue_name()) == 5
+
+
+async def test_a_sqlite_retry_cancelled_before_its_turn_is_left_out(db, redis, receiver):
+    from tortoise import connections
+
+    if db.startswith("postgres"):
+        pytest.skip("SQLite's group commit")
+    endpoint = await make_endpoint(receiver.url("/ok"))
+    first, second = [await make_dead_letter(endpoint) for _ in range(2)]
+    conn = connections.get("default")
+    async with conn.acquire_connection():  # the connection busy: both wait for their turn
+        a = asyncio.ensure_future(retry_dead_letter(first.id, "alice", redis=redis))
+        b = asyncio.ensure_future(retry_dead_letter(second.id, "bob", redis=redis))
+        await asyncio.sleep(0.05)
+        b.cancel()
+    assert (await a)["dead_letter_id"] == first.id
+    with pytest.raises(asyncio.CancelledError):
+        await b
+    assert (await DeadLetter.get(id=second.id)).status == DeadLetterStatus.ACTIVE
+    assert await AuditLog.filter(target_id=str(second.id)).count() == 0
