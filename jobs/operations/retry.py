@@ -27,7 +27,7 @@ from jobs import audit
 from jobs.errors import (AlreadyInFlightError, ConfigurationGoneError, ConflictError,
                          NotFoundError, NotRetryableError, OperationError, ValidationError)
 from jobs.guard import DestinationBlockedError, check_url
-from jobs.queue import delivery_command
+from jobs.queue import Command, delivery_command
 from models.config import get_settings
 from models.dead_letters import DeadLetter
 from models.deliveries import Delivery
@@ -425,5 +425,75 @@ async def _sandbox_retry(entry: DeadLetter, actor: str, overrides: RetryOverride
 
 
 async def _hand_over(redis: ArqRedis, delivery_id: int, events: list[dict[str, Any]]) -> None:
-    """Enqueue the delivery's first try and publish `events`: one command, one round trip."""
-    await redis.execute_command(*delivery_command(redis, delivery_id, events=events))
+    """Enqueue the delivery's first try and publish `events`: one command (see
+    jobs.queue.delivery_command); hand-overs of concurrent retries go to Redis together, in one
+    pipeline (one write and one read for all: the socket write of each command alone was
+    ~a sixth of the API's CPU per retry under 20 clients). Returns once this one has run."""
+    command = delivery_command(redis, delivery_id, events=events)
+    group = _hand_overs.get(redis)
+    if group is None:
+        group = _hand_overs[redis] = _HandOverGroup()
+    await group.run(redis, command)
+
+
+#: Redis pool -> hand-overs waiting for the next pipeline
+_hand_overs: weakref.WeakKeyDictionary[ArqRedis, _HandOverGroup] = weakref.WeakKeyDictionary()
+
+
+class _HandOverGroup:
+    """Commands of concurrent hand-overs on one pool: one arriving while none is being sent
+    goes at once (alone: a plain command, no pipeline); those arriving meanwhile go together
+    next, in arrival order. A caller cancelled before its turn is left out."""
+
+    def __init__(self) -> None:  # (not holding the pool: it is the key of _hand_overs)
+        self.waiting: list[tuple[Command, asyncio.Future[Any]]] = []
+        self.sender: asyncio.Task[None] | None = None
+
+    async def run(self, redis: ArqRedis, command: Command) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self.waiting.append((command, future))
+        if self.sender is None:
+            self.sender = loop.create_task(self._send(redis))
+        return await future
+
+    async def _send(self, redis: ArqRedis) -> None:
+        try:
+            while self.waiting:
+                group = [item for item in self.waiting if not item[1].done()]
+                self.waiting = []
+                if group:
+                    await self._send_group(redis, group)
+        finally:
+            self.sender = None
+            for _, future in self.waiting:  # only when this task itself was cancelled
+                future.cancel()
+            self.waiting = []
+
+    @staticmethod
+    async def _send_group(redis: ArqRedis, group: list[tuple[Command, asyncio.Future[Any]]]
+                          ) -> None:
+        try:
+            if len(group) == 1:
+                answers = [await redis.execute_command(*group[0][0])]
+            else:
+                async with redis.pipeline(transaction=False) as pipe:
+                    for command, _ in group:
+                        pipe.execute_command(*command)
+                    answers = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:  # the round trip as a whole: every caller gets it
+            for _, future in group:
+                if not future.done():
+                    if isinstance(exc, Exception):
+                        future.set_exception(exc)
+                    else:
+                        future.cancel()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), answer in zip(group, answers, strict=True):
+            if not future.done():
+                if isinstance(answer, Exception):
+                    future.set_exception(answer)
+                else:
+                    future.set_result(answer)

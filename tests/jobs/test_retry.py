@@ -323,3 +323,53 @@ async def test_a_sqlite_retry_cancelled_before_its_turn_is_left_out(db, redis, r
         await b
     assert (await DeadLetter.get(id=second.id)).status == DeadLetterStatus.ACTIVE
     assert await AuditLog.filter(target_id=str(second.id)).count() == 0
+
+
+async def test_concurrent_hand_overs_go_to_redis_in_one_pipeline(db, redis, receiver,
+                                                                 monkeypatch):
+    from jobs.operations import retry as retry_module
+    from jobs.queue import queue_name
+
+    endpoint = await make_endpoint(receiver.url("/ok"))
+    entries = [await make_dead_letter(endpoint) for _ in range(5)]
+    sizes: list[int] = []
+    real = retry_module._HandOverGroup._send_group
+
+    async def counting(redis_, group):  # type: ignore[no-untyped-def]
+        sizes.append(len(group))
+        await real(redis_, group)
+
+    monkeypatch.setattr(retry_module._HandOverGroup, "_send_group", staticmethod(counting))
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(get_settings().events_channel)
+    try:
+        results = await asyncio.gather(*(retry_dead_letter(e.id, "alice", redis=redis)
+                                         for e in entries))
+        seen = []
+        for _ in range(40):
+            if msg := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1):
+                seen.append(json.loads(msg["data"]))
+    finally:
+        await pubsub.aclose()
+
+    assert sum(sizes) == 5 and max(sizes) > 1  # together (how many at once: the DB decides)
+    assert sorted(j.args[0] for j in await redis.queued_jobs(queue_name=queue_name())) == sorted(
+        r["delivery_id"] for r in results)
+    assert sorted((e["type"], e["id"]) for e in seen) == sorted(
+        [("dlq.changed", e.id) for e in entries]
+        + [("delivery.updated", r["delivery_id"]) for r in results])
+
+
+async def test_a_failing_command_in_a_shared_pipeline_fails_only_its_caller(redis):
+    from jobs.operations.retry import _HandOverGroup
+
+    await redis.set("not-a-number", "x")
+    group = _HandOverGroup()
+    answers = await asyncio.gather(group.run(redis, ("SET", "a", "1")),
+                                   group.run(redis, ("INCR", "not-a-number")),
+                                   group.run(redis, ("INCR", "counter")),
+                                   return_exceptions=True)
+    assert answers[0] is True or answers[0] in (b"OK", "OK")
+    assert isinstance(answers[1], Exception) and "not an integer" in str(answers[1])
+    assert answers[2] == 1
+    assert group.sender is None and group.waiting == []
