@@ -13,6 +13,7 @@ import re
 import sqlite3
 import weakref
 from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
 from typing import Any, TypedDict
 
 from arq.connections import ArqRedis
@@ -200,6 +201,39 @@ WITH claimed AS (
 )
 SELECT id, retry_of_id FROM created
 """
+#: PostgreSQL, _PG_RETRY for several retries at once ($1 entry ids, $2 their actors, in
+#: arrival order; an entry twice: the first click claims it, the later ones miss as they
+#: would one after the other). Returns the claims that won, by position (`ord`, from 1).
+_PG_RETRY_MANY = """
+WITH wanted AS (
+    SELECT DISTINCT ON (entry_id) entry_id, actor, ord
+    FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS t(entry_id, actor, ord)
+    ORDER BY entry_id, ord
+), claimed AS (
+    UPDATE dead_letter d SET status = $4, retry_count = d.retry_count + 1, updated_at = $3,
+           last_retry_delivery_id = nextval(pg_get_serial_sequence('delivery', 'id'))
+    FROM wanted w
+    WHERE d.id = w.entry_id AND d.status = $5 AND d.endpoint_id IS NOT NULL
+    RETURNING d.id, d.last_retry_delivery_id, d.delivery_id, d.message_id, d.endpoint_id,
+              d.retry_count, w.actor, w.ord
+), created AS (
+    INSERT INTO delivery (id, message_id, endpoint_id, status, attempts, retry_of_id, metadata,
+                          created_at, updated_at)
+    SELECT last_retry_delivery_id, message_id, endpoint_id, $6, 0, delivery_id,
+           jsonb_build_object('__retry_metadata', jsonb_build_object(
+               'original_delivery_id', delivery_id, 'dead_letter_id', id,
+               'retry_count', retry_count, 'sandbox', false)),
+           $3, $3
+    FROM claimed
+), audited AS (
+    INSERT INTO audit_log (actor, action, target_type, target_id, details, created_at)
+    SELECT actor, 'dlq.retry', 'dead_letter', id::text, jsonb_build_object(
+               'original_delivery_id', delivery_id, 'new_delivery_id', last_retry_delivery_id),
+           $3
+    FROM claimed
+)
+SELECT ord, last_retry_delivery_id AS id, delivery_id AS retry_of_id FROM claimed
+"""
 #: SQLite (no data-modifying CTE): the claim, then the rest in the same transaction, each the
 #: counterpart of a part of _PG_RETRY (set-based SQL, as jobs/operations/bulk_claim.py's)
 _SQLITE_CLAIM = """
@@ -232,11 +266,41 @@ async def _claim_and_create(entry_id: int, actor: str) -> tuple[int, int] | None
     retrying, active = DeadLetterStatus.RETRYING.value, DeadLetterStatus.ACTIVE.value
     queued = DeliveryStatus.QUEUED.value
     conn = connections.get("default")
-    if conn.capabilities.dialect == "postgres":
+    if conn.capabilities.dialect != "postgres":
+        return await _sqlite_claim_and_create(conn, entry_id, actor, now)
+    if isinstance(conn, TransactionalDBClient):  # in a caller's transaction: alone
         rows = await conn.execute_query_dict(_PG_RETRY, [
             entry_id, retrying, now, active, queued, actor, str(entry_id)])
         return (int(rows[0]["id"]), int(rows[0]["retry_of_id"])) if rows else None
-    return await _sqlite_claim_and_create(conn, entry_id, actor, now)
+    return await _group_of(conn, _pg_write).claim(conn, entry_id, actor, now)
+
+
+async def _pg_write(conn: BaseDBAsyncClient, items: list[_Item]) -> list[_Claimed | Exception]:
+    """PostgreSQL, a group of retries (see _ClaimGroup) in ONE statement (_PG_RETRY_MANY: one
+    round trip for all); if it fails (nothing done: one statement), each alone, so that each
+    gets its own answer."""
+    retrying, active = DeadLetterStatus.RETRYING.value, DeadLetterStatus.ACTIVE.value
+    queued = DeliveryStatus.QUEUED.value
+    if len(items) > 1:
+        try:
+            rows = await conn.execute_query_dict(_PG_RETRY_MANY, [
+                [item[0] for item in items], [item[1] for item in items], items[0][2],
+                retrying, active, queued])
+        except Exception:  # noqa: BLE001 - each alone below says which and why
+            pass
+        else:
+            won = {int(row["ord"]): (int(row["id"]), int(row["retry_of_id"])) for row in rows}
+            return [won.get(i) for i in range(1, len(items) + 1)]
+    outcomes: list[_Claimed | Exception] = []
+    for entry_id, actor, now, _ in items:
+        try:
+            rows = await conn.execute_query_dict(_PG_RETRY, [
+                entry_id, retrying, now, active, queued, actor, str(entry_id)])
+        except Exception as exc:  # noqa: BLE001 - that retry's answer
+            outcomes.append(exc)
+        else:
+            outcomes.append((int(rows[0]["id"]), int(rows[0]["retry_of_id"])) if rows else None)
+    return outcomes
 
 
 async def _sqlite_claim_and_create(conn: BaseDBAsyncClient, entry_id: int, actor: str,
@@ -250,7 +314,7 @@ async def _sqlite_claim_and_create(conn: BaseDBAsyncClient, entry_id: int, actor
     for one hop, and SQLite's write lock only while the statements run.
 
     Concurrent retries share that hop and that transaction (group commit, see
-    _SqliteRetryGroup): BEGIN IMMEDIATE and COMMIT (the WAL write) were ~a fifth of the API's
+    _ClaimGroup): BEGIN IMMEDIATE and COMMIT (the WAL write) were ~a fifth of the API's
     CPU per retry under 20 clients. Each retry runs in its own savepoint, so one that fails
     leaves the others (and its own all-or-nothing rule) as they were.
 
@@ -268,10 +332,21 @@ async def _sqlite_claim_and_create(conn: BaseDBAsyncClient, entry_id: int, actor
         if isinstance(outcome, Exception):
             raise _translated(outcome) from outcome
         return outcome
-    group = _groups.get(conn)
-    if group is None:
-        group = _groups[conn] = _SqliteRetryGroup()
-    return await group.claim(conn, entry_id, actor, now)
+    return await _group_of(conn, _sqlite_write).claim(conn, entry_id, actor, now)
+
+
+async def _sqlite_write(conn: BaseDBAsyncClient, items: list[_Item]
+                        ) -> list[_Claimed | Exception | None]:
+    """SQLite, a group of retries (see _ClaimGroup): one hop, one transaction."""
+    async with conn.acquire_connection() as connection:  # aiosqlite.Connection
+        wanted = [i for i, item in enumerate(items) if not item[3].done()]  # cancelled meanwhile
+        outcomes: list[_Claimed | Exception | None] = [None] * len(items)
+        if wanted:
+            for i, outcome in zip(wanted, await connection._execute(  # noqa: SLF001
+                    _sqlite_retry_transaction, connection._conn,  # noqa: SLF001
+                    [items[i][:3] for i in wanted]), strict=True):
+                outcomes[i] = outcome
+        return outcomes
 
 
 def _translated(exc: Exception) -> Exception:
@@ -283,21 +358,35 @@ def _translated(exc: Exception) -> Exception:
     return exc
 
 
-#: SQLite client -> its group of retries waiting for the next shared transaction
-_groups: weakref.WeakKeyDictionary[BaseDBAsyncClient, _SqliteRetryGroup] = (
+_Claimed = tuple[int, int] | None
+#: a retry waiting for its group: entry id, actor, now, the caller's future
+_Item = tuple[int, str, datetime, "asyncio.Future[_Claimed]"]
+_Writer = Callable[[BaseDBAsyncClient, list[_Item]], Awaitable[list[Any]]]
+
+#: database client -> its group of retries waiting for the next write
+_groups: weakref.WeakKeyDictionary[BaseDBAsyncClient, _ClaimGroup] = (
     weakref.WeakKeyDictionary())
 
-_Claimed = tuple[int, int] | None
+
+def _group_of(conn: BaseDBAsyncClient, write: _Writer) -> _ClaimGroup:
+    group = _groups.get(conn)
+    if group is None:
+        group = _groups[conn] = _ClaimGroup(write)
+    group.write = write  # (the dialect's, as the caller looked it up)
+    return group
 
 
-class _SqliteRetryGroup:
-    """Group commit of single retries on one SQLite client: a retry arriving while none is
-    being written starts a transaction at once (no added wait); those arriving meanwhile wait
-    for it and then go together in the next one, in arrival order. A caller cancelled before
-    its turn is left out; after it, its retry stands (as a statement already sent would)."""
+class _ClaimGroup:
+    """Group commit of single retries on one database client: a retry arriving while none is
+    being written goes at once (no added wait); those arriving meanwhile wait for that write
+    and then go together in the next one, in arrival order. `write(conn, items)` answers per
+    item: the claim, None when it missed, or the exception of that retry alone. A caller
+    cancelled before its turn is left out; after it, its retry stands (as a statement
+    already sent would)."""
 
-    def __init__(self) -> None:  # (not holding the client: it is the key of _groups)
-        self.waiting: list[tuple[int, str, datetime, asyncio.Future[_Claimed]]] = []
+    def __init__(self, write: _Writer) -> None:  # (not holding the client: _groups' key)
+        self.write = write
+        self.waiting: list[_Item] = []
         self.writer: asyncio.Task[None] | None = None
 
     async def claim(self, conn: BaseDBAsyncClient, entry_id: int, actor: str,
@@ -312,26 +401,20 @@ class _SqliteRetryGroup:
     async def _write(self, conn: BaseDBAsyncClient) -> None:
         try:
             while self.waiting:
-                group, self.waiting = self.waiting, []
-                await self._write_group(conn, group)
+                group = [item for item in self.waiting if not item[3].done()]
+                self.waiting = []
+                if group:
+                    await self._write_group(conn, group)
         finally:
             self.writer = None
             for *_, future in self.waiting:  # only when this task itself was cancelled
                 future.cancel()
             self.waiting = []
 
-    async def _write_group(self, conn: BaseDBAsyncClient,
-                           group: list[tuple[int, str, datetime, asyncio.Future[_Claimed]]]
-                           ) -> None:
+    async def _write_group(self, conn: BaseDBAsyncClient, group: list[_Item]) -> None:
         try:
-            async with conn.acquire_connection() as connection:  # aiosqlite.Connection
-                group = [item for item in group if not item[3].done()]  # cancelled meanwhile
-                if not group:
-                    return
-                outcomes = await connection._execute(  # noqa: SLF001
-                    _sqlite_retry_transaction, connection._conn,  # noqa: SLF001
-                    [item[:3] for item in group])
-        except BaseException as exc:  # the transaction as a whole: every caller gets it
+            outcomes = await self.write(conn, group)
+        except BaseException as exc:  # the write as a whole: every caller gets it
             for *_, future in group:
                 if not future.done():
                     if isinstance(exc, Exception):

@@ -373,3 +373,58 @@ async def test_a_failing_command_in_a_shared_pipeline_fails_only_its_caller(redi
     assert isinstance(answers[1], Exception) and "not an integer" in str(answers[1])
     assert answers[2] == 1
     assert group.sender is None and group.waiting == []
+
+
+async def test_concurrent_postgres_retries_go_in_one_statement(db, redis, receiver, monkeypatch):
+    """PostgreSQL: retries arriving together are one statement (_PG_RETRY_MANY); a second
+    click on an entry of the group misses as it would after the first."""
+    from jobs.operations import retry as retry_module
+
+    if not db.startswith("postgres"):
+        pytest.skip("PostgreSQL's grouped statement")
+    endpoint = await make_endpoint(receiver.url("/ok"))
+    entries = [await make_dead_letter(endpoint) for _ in range(4)]
+    sizes: list[int] = []
+    real = retry_module._pg_write
+
+    async def counting(conn, items):  # type: ignore[no-untyped-def]
+        sizes.append(len(items))
+        return await real(conn, items)
+
+    monkeypatch.setattr(retry_module, "_pg_write", counting)
+    results = await asyncio.gather(
+        *(retry_dead_letter(e.id, f"u{i}", redis=redis) for i, e in enumerate(entries)),
+        retry_dead_letter(entries[1].id, "late", redis=redis), return_exceptions=True)
+
+    assert sizes == [5]
+    assert isinstance(results[4], AlreadyInFlightError)
+    for i, (entry, result) in enumerate(zip(entries, results[:4], strict=True)):
+        assert result["dead_letter_id"] == entry.id  # type: ignore[index]
+        after = await DeadLetter.get(id=entry.id)
+        assert (after.status, after.retry_count, after.last_retry_delivery_id) == (  # type: ignore[attr-defined]
+            DeadLetterStatus.RETRYING, 1, result["delivery_id"])  # type: ignore[index]
+        new = await Delivery.get(id=result["delivery_id"])  # type: ignore[index]
+        assert (new.retry_of_id, new.status, new.metadata["__retry_metadata"]) == (  # type: ignore[attr-defined]
+            entry.delivery_id, DeliveryStatus.QUEUED,  # type: ignore[attr-defined]
+            {"original_delivery_id": entry.delivery_id, "dead_letter_id": entry.id,  # type: ignore[attr-defined]
+             "retry_count": 1, "sandbox": False})
+        [row] = await AuditLog.filter(action="dlq.retry", target_id=str(entry.id))
+        assert row.actor == f"u{i}" and row.details == {
+            "original_delivery_id": entry.delivery_id, "new_delivery_id": new.id}  # type: ignore[attr-defined]
+    assert await AuditLog.filter(action="dlq.retry_refused", actor="late").count() == 1
+
+
+async def test_a_failing_grouped_postgres_statement_falls_back_to_one_per_retry(
+        db, redis, receiver, monkeypatch):
+    from jobs.operations import retry as retry_module
+
+    if not db.startswith("postgres"):
+        pytest.skip("PostgreSQL's grouped statement")
+    monkeypatch.setattr(retry_module, "_PG_RETRY_MANY", "SELECT no_such_column FROM delivery")
+    endpoint = await make_endpoint(receiver.url("/ok"))
+    entries = [await make_dead_letter(endpoint) for _ in range(3)]
+    results = await asyncio.gather(*(retry_dead_letter(e.id, "alice", redis=redis)
+                                     for e in [*entries, entries[0]]), return_exceptions=True)
+    assert [r["dead_letter_id"] for r in results[:3]] == [e.id for e in entries]  # type: ignore[index]
+    assert isinstance(results[3], AlreadyInFlightError)
+    assert await Delivery.filter(retry_of_id__not_isnull=True).count() == 3
