@@ -248,3 +248,183 @@ async def test_a_statement_failing_mid_retry_undoes_the_claim_and_raises_tortois
                              [entry.message_id, entry.id])  # type: ignore[attr-defined]
     result = await retry_dead_letter(entry.id, "alice", redis=redis)
     assert (await Delivery.get(id=result["delivery_id"])).message_id == entry.message_id  # type: ignore[attr-defined]
+
+
+async def test_concurrent_sqlite_retries_share_a_transaction_and_one_failing_undoes_only_itself(
+        db, redis, receiver, monkeypatch):
+    """SQLite: retries arriving together are written in one transaction (group commit), each
+    in its own savepoint: the one whose INSERT fails is undone alone and gets tortoise's error,
+    the others are done; a second click on an entry of the group is refused as usual."""
+    from tortoise import connections
+    from tortoise.exceptions import IntegrityError
+
+    from jobs.operations import retry as retry_module
+
+    if db.startswith("postgres"):
+        pytest.skip("SQLite's group commit (PostgreSQL's retry is one statement)")
+    endpoint = await make_endpoint(receiver.url("/ok"))
+    entries = [await make_dead_letter(endpoint) for _ in range(6)]
+    broken = entries[2]
+    conn = connections.get("default")
+    await conn.execute_script("PRAGMA foreign_keys=OFF")
+    try:
+        await conn.execute_query("UPDATE dead_letter SET message_id = 999999 WHERE id = ?",
+                                 [broken.id])
+    finally:
+        await conn.execute_script("PRAGMA foreign_keys=ON")
+    sizes: list[int] = []
+    real = retry_module._sqlite_retry_transaction
+
+    def counting(db_, items):  # type: ignore[no-untyped-def]
+        sizes.append(len(items))
+        return real(db_, items)
+
+    monkeypatch.setattr(retry_module, "_sqlite_retry_transaction", counting)
+
+    results = await asyncio.gather(
+        *(retry_dead_letter(e.id, f"u{i}", redis=redis) for i, e in enumerate(entries)),
+        retry_dead_letter(entries[0].id, "late", redis=redis), return_exceptions=True)
+
+    assert sizes == [7]  # one transaction for the seven
+    assert isinstance(results[2], IntegrityError)
+    assert isinstance(results[6], AlreadyInFlightError)
+    done = [r for i, r in enumerate(results) if i not in (2, 6)]
+    assert [r["dead_letter_id"] for r in done] == [e.id for i, e in enumerate(entries) if i != 2]
+    after = {e.id: e for e in await DeadLetter.all()}
+    assert (after[broken.id].status, after[broken.id].retry_count,
+            after[broken.id].last_retry_delivery_id) == (DeadLetterStatus.ACTIVE, 0, None)  # type: ignore[attr-defined]
+    for r in done:
+        entry = after[r["dead_letter_id"]]
+        assert (entry.status, entry.retry_count, entry.last_retry_delivery_id) == (  # type: ignore[attr-defined]
+            DeadLetterStatus.RETRYING, 1, r["delivery_id"])
+        assert (await Delivery.get(id=r["delivery_id"])).retry_of_id == entry.delivery_id  # type: ignore[attr-defined]
+    assert await Delivery.filter(retry_of_id__not_isnull=True).count() == 5
+    audit = sorted((a.action, a.target_id) for a in await AuditLog.all())
+    assert audit == sorted([("dlq.retry", str(r["dead_letter_id"])) for r in done]
+                           + [("dlq.retry_refused", str(entries[0].id))])
+    assert await redis.zcard(__import__("jobs.queue").queue.queue_name()) == 5
+
+
+async def test_a_sqlite_retry_cancelled_before_its_turn_is_left_out(db, redis, receiver):
+    from tortoise import connections
+
+    if db.startswith("postgres"):
+        pytest.skip("SQLite's group commit")
+    endpoint = await make_endpoint(receiver.url("/ok"))
+    first, second = [await make_dead_letter(endpoint) for _ in range(2)]
+    conn = connections.get("default")
+    async with conn.acquire_connection():  # the connection busy: both wait for their turn
+        a = asyncio.ensure_future(retry_dead_letter(first.id, "alice", redis=redis))
+        b = asyncio.ensure_future(retry_dead_letter(second.id, "bob", redis=redis))
+        await asyncio.sleep(0.05)
+        b.cancel()
+    assert (await a)["dead_letter_id"] == first.id
+    with pytest.raises(asyncio.CancelledError):
+        await b
+    assert (await DeadLetter.get(id=second.id)).status == DeadLetterStatus.ACTIVE
+    assert await AuditLog.filter(target_id=str(second.id)).count() == 0
+
+
+async def test_concurrent_hand_overs_go_to_redis_in_one_pipeline(db, redis, receiver,
+                                                                 monkeypatch):
+    from jobs.operations import retry as retry_module
+    from jobs.queue import queue_name
+
+    endpoint = await make_endpoint(receiver.url("/ok"))
+    entries = [await make_dead_letter(endpoint) for _ in range(5)]
+    sizes: list[int] = []
+    real = retry_module._HandOverGroup._send_group
+
+    async def counting(redis_, group):  # type: ignore[no-untyped-def]
+        sizes.append(len(group))
+        await real(redis_, group)
+
+    monkeypatch.setattr(retry_module._HandOverGroup, "_send_group", staticmethod(counting))
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(get_settings().events_channel)
+    try:
+        results = await asyncio.gather(*(retry_dead_letter(e.id, "alice", redis=redis)
+                                         for e in entries))
+        seen = []
+        for _ in range(40):
+            if msg := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1):
+                seen.append(json.loads(msg["data"]))
+    finally:
+        await pubsub.aclose()
+
+    assert sum(sizes) == 5 and max(sizes) > 1  # together (how many at once: the DB decides)
+    assert sorted(j.args[0] for j in await redis.queued_jobs(queue_name=queue_name())) == sorted(
+        r["delivery_id"] for r in results)
+    assert sorted((e["type"], e["id"]) for e in seen) == sorted(
+        [("dlq.changed", e.id) for e in entries]
+        + [("delivery.updated", r["delivery_id"]) for r in results])
+
+
+async def test_a_failing_command_in_a_shared_pipeline_fails_only_its_caller(redis):
+    from jobs.operations.retry import _HandOverGroup
+
+    await redis.set("not-a-number", "x")
+    group = _HandOverGroup()
+    answers = await asyncio.gather(group.run(redis, ("SET", "a", "1")),
+                                   group.run(redis, ("INCR", "not-a-number")),
+                                   group.run(redis, ("INCR", "counter")),
+                                   return_exceptions=True)
+    assert answers[0] is True or answers[0] in (b"OK", "OK")
+    assert isinstance(answers[1], Exception) and "not an integer" in str(answers[1])
+    assert answers[2] == 1
+    assert group.sender is None and group.waiting == []
+
+
+async def test_concurrent_postgres_retries_go_in_one_statement(db, redis, receiver, monkeypatch):
+    """PostgreSQL: retries arriving together are one statement (_PG_RETRY_MANY); a second
+    click on an entry of the group misses as it would after the first."""
+    from jobs.operations import retry as retry_module
+
+    if not db.startswith("postgres"):
+        pytest.skip("PostgreSQL's grouped statement")
+    endpoint = await make_endpoint(receiver.url("/ok"))
+    entries = [await make_dead_letter(endpoint) for _ in range(4)]
+    sizes: list[int] = []
+    real = retry_module._pg_write
+
+    async def counting(conn, items):  # type: ignore[no-untyped-def]
+        sizes.append(len(items))
+        return await real(conn, items)
+
+    monkeypatch.setattr(retry_module, "_pg_write", counting)
+    results = await asyncio.gather(
+        *(retry_dead_letter(e.id, f"u{i}", redis=redis) for i, e in enumerate(entries)),
+        retry_dead_letter(entries[1].id, "late", redis=redis), return_exceptions=True)
+
+    assert sizes == [5]
+    assert isinstance(results[4], AlreadyInFlightError)
+    for i, (entry, result) in enumerate(zip(entries, results[:4], strict=True)):
+        assert result["dead_letter_id"] == entry.id  # type: ignore[index]
+        after = await DeadLetter.get(id=entry.id)
+        assert (after.status, after.retry_count, after.last_retry_delivery_id) == (  # type: ignore[attr-defined]
+            DeadLetterStatus.RETRYING, 1, result["delivery_id"])  # type: ignore[index]
+        new = await Delivery.get(id=result["delivery_id"])  # type: ignore[index]
+        assert (new.retry_of_id, new.status, new.metadata["__retry_metadata"]) == (  # type: ignore[attr-defined]
+            entry.delivery_id, DeliveryStatus.QUEUED,  # type: ignore[attr-defined]
+            {"original_delivery_id": entry.delivery_id, "dead_letter_id": entry.id,  # type: ignore[attr-defined]
+             "retry_count": 1, "sandbox": False})
+        [row] = await AuditLog.filter(action="dlq.retry", target_id=str(entry.id))
+        assert row.actor == f"u{i}" and row.details == {
+            "original_delivery_id": entry.delivery_id, "new_delivery_id": new.id}  # type: ignore[attr-defined]
+    assert await AuditLog.filter(action="dlq.retry_refused", actor="late").count() == 1
+
+
+async def test_a_failing_grouped_postgres_statement_falls_back_to_one_per_retry(
+        db, redis, receiver, monkeypatch):
+    from jobs.operations import retry as retry_module
+
+    if not db.startswith("postgres"):
+        pytest.skip("PostgreSQL's grouped statement")
+    monkeypatch.setattr(retry_module, "_PG_RETRY_MANY", "SELECT no_such_column FROM delivery")
+    endpoint = await make_endpoint(receiver.url("/ok"))
+    entries = [await make_dead_letter(endpoint) for _ in range(3)]
+    results = await asyncio.gather(*(retry_dead_letter(e.id, "alice", redis=redis)
+                                     for e in [*entries, entries[0]]), return_exceptions=True)
+    assert [r["dead_letter_id"] for r in results[:3]] == [e.id for e in entries]  # type: ignore[index]
+    assert isinstance(results[3], AlreadyInFlightError)
+    assert await Delivery.filter(retry_of_id__not_isnull=True).count() == 3
