@@ -27,6 +27,7 @@ from tortoise.transactions import in_transaction
 from jobs import audit
 from jobs.errors import (AlreadyInFlightError, ConfigurationGoneError, ConflictError,
                          NotFoundError, NotRetryableError, OperationError, ValidationError)
+from jobs.grouping import GroupCommit, for_target
 from jobs.guard import DestinationBlockedError, check_url
 from jobs.queue import Command, delivery_command
 from models.config import get_settings
@@ -272,11 +273,11 @@ async def _claim_and_create(entry_id: int, actor: str) -> tuple[int, int] | None
         rows = await conn.execute_query_dict(_PG_RETRY, [
             entry_id, retrying, now, active, queued, actor, str(entry_id)])
         return (int(rows[0]["id"]), int(rows[0]["retry_of_id"])) if rows else None
-    return await _group_of(conn, _pg_write).claim(conn, entry_id, actor, now)
+    return await _claims(conn, _pg_write).run(conn, (entry_id, actor, now))
 
 
 async def _pg_write(conn: BaseDBAsyncClient, items: list[_Item]) -> list[_Claimed | Exception]:
-    """PostgreSQL, a group of retries (see _ClaimGroup) in ONE statement (_PG_RETRY_MANY: one
+    """PostgreSQL, a group of retries (see _claims) in ONE statement (_PG_RETRY_MANY: one
     round trip for all); if it fails (nothing done: one statement), each alone, so that each
     gets its own answer."""
     retrying, active = DeadLetterStatus.RETRYING.value, DeadLetterStatus.ACTIVE.value
@@ -284,15 +285,15 @@ async def _pg_write(conn: BaseDBAsyncClient, items: list[_Item]) -> list[_Claime
     if len(items) > 1:
         try:
             rows = await conn.execute_query_dict(_PG_RETRY_MANY, [
-                [item[0] for item in items], [item[1] for item in items], items[0][2],
-                retrying, active, queued])
+                [retry[0] for retry, _ in items], [retry[1] for retry, _ in items],
+                items[0][0][2], retrying, active, queued])
         except Exception:  # noqa: BLE001 - each alone below says which and why
             pass
         else:
             won = {int(row["ord"]): (int(row["id"]), int(row["retry_of_id"])) for row in rows}
             return [won.get(i) for i in range(1, len(items) + 1)]
     outcomes: list[_Claimed | Exception] = []
-    for entry_id, actor, now, _ in items:
+    for (entry_id, actor, now), _ in items:
         try:
             rows = await conn.execute_query_dict(_PG_RETRY, [
                 entry_id, retrying, now, active, queued, actor, str(entry_id)])
@@ -314,7 +315,7 @@ async def _sqlite_claim_and_create(conn: BaseDBAsyncClient, entry_id: int, actor
     for one hop, and SQLite's write lock only while the statements run.
 
     Concurrent retries share that hop and that transaction (group commit, see
-    _ClaimGroup): BEGIN IMMEDIATE and COMMIT (the WAL write) were ~a fifth of the API's
+    _claims): BEGIN IMMEDIATE and COMMIT (the WAL write) were ~a fifth of the API's
     CPU per retry under 20 clients. Each retry runs in its own savepoint, so one that fails
     leaves the others (and its own all-or-nothing rule) as they were.
 
@@ -332,19 +333,19 @@ async def _sqlite_claim_and_create(conn: BaseDBAsyncClient, entry_id: int, actor
         if isinstance(outcome, Exception):
             raise _translated(outcome) from outcome
         return outcome
-    return await _group_of(conn, _sqlite_write).claim(conn, entry_id, actor, now)
+    return await _claims(conn, _sqlite_write).run(conn, (entry_id, actor, now))
 
 
 async def _sqlite_write(conn: BaseDBAsyncClient, items: list[_Item]
                         ) -> list[_Claimed | Exception | None]:
-    """SQLite, a group of retries (see _ClaimGroup): one hop, one transaction."""
+    """SQLite, a group of retries (see _claims): one hop, one transaction."""
     async with conn.acquire_connection() as connection:  # aiosqlite.Connection
-        wanted = [i for i, item in enumerate(items) if not item[3].done()]  # cancelled meanwhile
+        wanted = [i for i, (_, future) in enumerate(items) if not future.done()]  # not cancelled
         outcomes: list[_Claimed | Exception | None] = [None] * len(items)
         if wanted:
             for i, outcome in zip(wanted, await connection._execute(  # noqa: SLF001
                     _sqlite_retry_transaction, connection._conn,  # noqa: SLF001
-                    [items[i][:3] for i in wanted]), strict=True):
+                    [items[i][0] for i in wanted]), strict=True):
                 outcomes[i] = outcome
         return outcomes
 
@@ -359,77 +360,24 @@ def _translated(exc: Exception) -> Exception:
 
 
 _Claimed = tuple[int, int] | None
-#: a retry waiting for its group: entry id, actor, now, the caller's future
-_Item = tuple[int, str, datetime, "asyncio.Future[_Claimed]"]
-_Writer = Callable[[BaseDBAsyncClient, list[_Item]], Awaitable[list[Any]]]
+#: a retry waiting for its group: (entry id, actor, now), the caller's future
+_Item = tuple[tuple[int, str, datetime], "asyncio.Future[_Claimed]"]
 
-#: database client -> its group of retries waiting for the next write
-_groups: weakref.WeakKeyDictionary[BaseDBAsyncClient, _ClaimGroup] = (
+#: database client -> its retries waiting for the next write
+_claim_groups: weakref.WeakKeyDictionary[BaseDBAsyncClient, GroupCommit[Any, Any, Any]] = (
     weakref.WeakKeyDictionary())
 
 
-def _group_of(conn: BaseDBAsyncClient, write: _Writer) -> _ClaimGroup:
-    group = _groups.get(conn)
-    if group is None:
-        group = _groups[conn] = _ClaimGroup(write)
-    group.write = write  # (the dialect's, as the caller looked it up)
+def _claims(conn: BaseDBAsyncClient, write: Callable[[BaseDBAsyncClient, list[_Item]],
+                                                     Awaitable[list[Any]]]
+            ) -> GroupCommit[BaseDBAsyncClient, tuple[int, str, datetime], _Claimed]:
+    """Group commit of single retries on one database client (jobs.grouping): `write`
+    (the dialect's) answers per retry: the claim, None when it missed, or the exception of
+    that retry alone. A caller cancelled before its turn is left out; after it, its retry
+    stands (as a statement already sent would)."""
+    group = for_target(_claim_groups, conn, lambda: GroupCommit(write, _translated))
+    group.send = write  # (looked up by the caller: tests replace the module's functions)
     return group
-
-
-class _ClaimGroup:
-    """Group commit of single retries on one database client: a retry arriving while none is
-    being written goes at once (no added wait); those arriving meanwhile wait for that write
-    and then go together in the next one, in arrival order. `write(conn, items)` answers per
-    item: the claim, None when it missed, or the exception of that retry alone. A caller
-    cancelled before its turn is left out; after it, its retry stands (as a statement
-    already sent would)."""
-
-    def __init__(self, write: _Writer) -> None:  # (not holding the client: _groups' key)
-        self.write = write
-        self.waiting: list[_Item] = []
-        self.writer: asyncio.Task[None] | None = None
-
-    async def claim(self, conn: BaseDBAsyncClient, entry_id: int, actor: str,
-                    now: datetime) -> _Claimed:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[_Claimed] = loop.create_future()
-        self.waiting.append((entry_id, actor, now, future))
-        if self.writer is None:
-            self.writer = loop.create_task(self._write(conn))
-        return await future
-
-    async def _write(self, conn: BaseDBAsyncClient) -> None:
-        try:
-            while self.waiting:
-                group = [item for item in self.waiting if not item[3].done()]
-                self.waiting = []
-                if group:
-                    await self._write_group(conn, group)
-        finally:
-            self.writer = None
-            for *_, future in self.waiting:  # only when this task itself was cancelled
-                future.cancel()
-            self.waiting = []
-
-    async def _write_group(self, conn: BaseDBAsyncClient, group: list[_Item]) -> None:
-        try:
-            outcomes = await self.write(conn, group)
-        except BaseException as exc:  # the write as a whole: every caller gets it
-            for *_, future in group:
-                if not future.done():
-                    if isinstance(exc, Exception):
-                        future.set_exception(_translated(exc))
-                    else:
-                        future.cancel()
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (*_, future), outcome in zip(group, outcomes, strict=True):
-            if not future.done():
-                if isinstance(outcome, Exception):
-                    future.set_exception(_translated(outcome))
-                else:
-                    future.set_result(outcome)
 
 
 def _sqlite_retry_transaction(db: sqlite3.Connection, items: list[tuple[int, str, datetime]]
@@ -513,70 +461,23 @@ async def _hand_over(redis: ArqRedis, delivery_id: int, events: list[dict[str, A
     pipeline (one write and one read for all: the socket write of each command alone was
     ~a sixth of the API's CPU per retry under 20 clients). Returns once this one has run."""
     command = delivery_command(redis, delivery_id, events=events)
-    group = _hand_overs.get(redis)
-    if group is None:
-        group = _hand_overs[redis] = _HandOverGroup()
+    group = for_target(_hand_overs, redis, lambda: GroupCommit(
+        lambda redis_, commands: _send_commands(redis_, commands)))
     await group.run(redis, command)
 
 
 #: Redis pool -> hand-overs waiting for the next pipeline
-_hand_overs: weakref.WeakKeyDictionary[ArqRedis, _HandOverGroup] = weakref.WeakKeyDictionary()
+_hand_overs: weakref.WeakKeyDictionary[ArqRedis, GroupCommit[Any, Any, Any]] = (
+    weakref.WeakKeyDictionary())
 
 
-class _HandOverGroup:
-    """Commands of concurrent hand-overs on one pool: one arriving while none is being sent
-    goes at once (alone: a plain command, no pipeline); those arriving meanwhile go together
-    next, in arrival order. A caller cancelled before its turn is left out."""
-
-    def __init__(self) -> None:  # (not holding the pool: it is the key of _hand_overs)
-        self.waiting: list[tuple[Command, asyncio.Future[Any]]] = []
-        self.sender: asyncio.Task[None] | None = None
-
-    async def run(self, redis: ArqRedis, command: Command) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self.waiting.append((command, future))
-        if self.sender is None:
-            self.sender = loop.create_task(self._send(redis))
-        return await future
-
-    async def _send(self, redis: ArqRedis) -> None:
-        try:
-            while self.waiting:
-                group = [item for item in self.waiting if not item[1].done()]
-                self.waiting = []
-                if group:
-                    await self._send_group(redis, group)
-        finally:
-            self.sender = None
-            for _, future in self.waiting:  # only when this task itself was cancelled
-                future.cancel()
-            self.waiting = []
-
-    @staticmethod
-    async def _send_group(redis: ArqRedis, group: list[tuple[Command, asyncio.Future[Any]]]
-                          ) -> None:
-        try:
-            if len(group) == 1:
-                answers = [await redis.execute_command(*group[0][0])]
-            else:
-                async with redis.pipeline(transaction=False) as pipe:
-                    for command, _ in group:
-                        pipe.execute_command(*command)
-                    answers = await pipe.execute(raise_on_error=False)
-        except BaseException as exc:  # the round trip as a whole: every caller gets it
-            for _, future in group:
-                if not future.done():
-                    if isinstance(exc, Exception):
-                        future.set_exception(exc)
-                    else:
-                        future.cancel()
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_, future), answer in zip(group, answers, strict=True):
-            if not future.done():
-                if isinstance(answer, Exception):
-                    future.set_exception(answer)
-                else:
-                    future.set_result(answer)
+async def _send_commands(redis: ArqRedis, group: list[tuple[Command, asyncio.Future[Any]]]
+                         ) -> list[Any]:
+    """Commands of concurrent hand-overs: alone, a plain command; several, one pipeline
+    (each command's error is its caller's)."""
+    if len(group) == 1:
+        return [await redis.execute_command(*group[0][0])]
+    async with redis.pipeline(transaction=False) as pipe:
+        for command, _ in group:
+            pipe.execute_command(*command)
+        return await pipe.execute(raise_on_error=False)

@@ -333,13 +333,13 @@ async def test_concurrent_hand_overs_go_to_redis_in_one_pipeline(db, redis, rece
     endpoint = await make_endpoint(receiver.url("/ok"))
     entries = [await make_dead_letter(endpoint) for _ in range(5)]
     sizes: list[int] = []
-    real = retry_module._HandOverGroup._send_group
+    real = retry_module._send_commands
 
     async def counting(redis_, group):  # type: ignore[no-untyped-def]
         sizes.append(len(group))
-        await real(redis_, group)
+        return await real(redis_, group)
 
-    monkeypatch.setattr(retry_module._HandOverGroup, "_send_group", staticmethod(counting))
+    monkeypatch.setattr(retry_module, "_send_commands", counting)
     pubsub = redis.pubsub()
     await pubsub.subscribe(get_settings().events_channel)
     try:
@@ -361,10 +361,11 @@ async def test_concurrent_hand_overs_go_to_redis_in_one_pipeline(db, redis, rece
 
 
 async def test_a_failing_command_in_a_shared_pipeline_fails_only_its_caller(redis):
-    from jobs.operations.retry import _HandOverGroup
+    from jobs.grouping import GroupCommit
+    from jobs.operations.retry import _send_commands
 
     await redis.set("not-a-number", "x")
-    group = _HandOverGroup()
+    group = GroupCommit(_send_commands)
     answers = await asyncio.gather(group.run(redis, ("SET", "a", "1")),
                                    group.run(redis, ("INCR", "not-a-number")),
                                    group.run(redis, ("INCR", "counter")),
