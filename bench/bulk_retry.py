@@ -1,12 +1,12 @@
 """Bulk Retry All end to end: a full DLQ, the REST API, the workers, the receiver.
 
     .venv/bin/python -m bench.bulk_retry [--n 100000] [--database-url URL] [--workers 1]
-                                         [--cancel-rates 0,1000] [--retries 1000]
-                                         [--single-retries-only] [--load-client aiohttp]
+                                         [--cancel-rates 0,1000] [--retries 3000]
+                                         [--single-retries-only] [--load-client httpx]
 
 What runs: the REST API under uvicorn (`dashboard.api.app:api`), and the workers as
-`observatory up` starts them — `--workers` × `arq jobs.worker.WorkerSettings` (main queue) and
-one `arq jobs.worker.BulkWorkerSettings` (bulk lane) — with OBSERVATORY_BULK_RATE_PER_ENDPOINT=0
+`observatory up` starts them — `--workers` × `python -m jobs.run_worker` (main queue) and
+one `python -m jobs.run_worker --bulk` (bulk lane) — with OBSERVATORY_BULK_RATE_PER_ENDPOINT=0
 (unpaced) for the throughput figures. The DLQ is filled straight into the tables (bench/_common.py)
 with N entries of one endpoint on the bench receiver, which answers 200.
 
@@ -23,7 +23,9 @@ Figures:
   (arq's job result) and to the final `cancelled` state; entry statuses reconcile;
 - `POST /v1/dlq/{id}/retry` latency with 20 concurrent clients over `--retries` distinct entries,
   and the API process's CPU time per request meanwhile (Linux: /proc; latencies on a shared
-  machine follow its load, CPU per request much less). `--single-retries-only` runs this part
+  machine follow its load, CPU per request much less). The 20 clients are aiohttp sessions by
+  default: they share the 2 cores with the API, and httpx clients cost 1.5–2.7 ms of CPU per
+  request there, more than the API itself (`--load-client httpx` to see it). `--single-retries-only` runs this part
   alone (the DLQ filled with `--retries` entries, no Retry All before it), to iterate quickly.
 Timestamps come from one machine's clock. The machine may be shared: figures are indicative.
 """
@@ -415,8 +417,8 @@ def main() -> None:
     parser.add_argument("--walk-batch", type=int, default=0,
                         help="walker-alone run only: entries per walker batch (experiment)")
     parser.add_argument("--cancel-at", type=float, default=0.3, help="fraction completed")
-    parser.add_argument("--retries", type=int, default=1000, help="single retries (20 clients)")
-    parser.add_argument("--load-client", choices=("httpx", "aiohttp"), default="httpx",
+    parser.add_argument("--retries", type=int, default=3000, help="single retries (20 clients)")
+    parser.add_argument("--load-client", choices=("httpx", "aiohttp"), default="aiohttp",
                         help="HTTP client of the single retries' 20 clients")
     parser.add_argument("--single-retries-only", action="store_true",
                         help="only the single retries under 20 clients (the DLQ filled with "
