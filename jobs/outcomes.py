@@ -43,6 +43,9 @@ class Finished:
     delivery: Delivery
     result: AttemptResult
     attempted: bool = True  # False when refused before any request (no Attempt row)
+    #: a bulk delivery whose operation was cancelled while it waited for its endpoint's
+    #: slot: handed back and marked `cancelled` already (jobs.deliver), nothing to record
+    cancelled: bool = False
     span: NoopAttemptSpan = field(default=NOOP_SPAN)  # jobs.tracing; ended once recorded
 
 
@@ -101,6 +104,7 @@ def _dlq_id(delivery: Delivery) -> int | None:
 
 async def record_outcomes(ctx: dict[str, Any], finished: list[Finished]) -> dict[str, int]:
     """Persist a batch of outcomes; returns counts per resulting status."""
+    finished = [f for f in finished if not f.cancelled]
     if not finished:
         return {}
     now = datetime.now(UTC)

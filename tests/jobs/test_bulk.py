@@ -391,3 +391,34 @@ async def test_reason_can_be_made_mandatory(db, redis, receiver, monkeypatch):
         await bulk.start_retry_all(DlqFilter(), "alice", reason="  ", redis=redis)
     assert await BulkOperation.all().count() == 0
     assert await DeadLetter.filter(status=DeadLetterStatus.ACTIVE).count() == 2
+
+
+async def test_deliveries_waiting_for_their_endpoints_slot_do_not_start_after_a_cancel(
+        db, redis, receiver, run_bulk):
+    # one batch claims all ten, but the endpoint takes one at a time, 0.3 s each: after the
+    # cancel, those still waiting for the slot are handed back and cancelled, never sent
+    receiver.script("/ok", Reply(delay_s=0.3))
+    await _entries(receiver, 10, max_in_flight=1)
+    started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
+    op_id = started["operation_id"]
+    worker = asyncio.create_task(run_bulk())
+
+    await wait_for(lambda: _n(len(receiver.hits("/ok")) >= 1))
+    await bulk.cancel_operation(op_id, "bob", redis=redis)
+    hits_at_cancel = len(receiver.hits("/ok"))
+    await asyncio.wait_for(worker, 30)
+
+    op = await BulkOperation.get(id=op_id)
+    assert op.state == BulkState.CANCELLED
+    _adds_up(op)
+    hits = len(receiver.hits("/ok"))
+    assert hits <= hits_at_cancel + 1  # the one holding the slot, and at most one more
+    assert op.succeeded == hits and op.cancelled_count == 10 - hits
+    assert await Attempt.filter(delivery__bulk_operation_id=op_id).count() == hits
+    statuses = [d.status for d in await Delivery.filter(bulk_operation_id=op_id)]
+    assert sorted(statuses) == sorted([DeliveryStatus.SUCCEEDED] * hits
+                                      + [DeliveryStatus.CANCELLED] * (10 - hits))
+    assert all(d.attempts == (1 if d.status == DeliveryStatus.SUCCEEDED else 0)
+               for d in await Delivery.filter(bulk_operation_id=op_id))
+    active = await DeadLetter.filter(status=DeadLetterStatus.ACTIVE).count()
+    assert active == op.cancelled_count
