@@ -3,8 +3,8 @@
 Every event is a small JSON object `{"type": ..., ...}` on the channel
 `{namespace}:events` (see models.config.Settings.events_channel). Types in use:
 `delivery.updated` (id, status; ids, status for a fast-lane batch, one per resulting status;
-or operation_id, status, count for a bulk cancel), `dlq.changed` (id, status; or operation_id,
-status, count for many), `cron.changed` (name; `*` after the missed-tick sweep),
+or operation_id, status, count for a bulk cancel), `dlq.changed` (id, status; ids, status for a
+fast-lane batch; or operation_id, status, count for many), `cron.changed` (name; `*` after the missed-tick sweep),
 `agent.heartbeat` (id), `agent.zombie` (id), `scaling.event` (id, direction), `bulk.progress`
 (id, state, total, completed, succeeded, failed, cancelled, skipped; once per batch).
 Subscribers treat them as "refresh that panel" hints.

@@ -115,16 +115,15 @@ async def record_outcomes(ctx: dict[str, Any], finished: list[Finished]) -> dict
     by_code: dict[int | None, list[int]] = defaultdict(list)
     for f in succeeded:
         by_code[f.result.status_code].append(f.delivery.id)
+    resolved = [i for f in succeeded if (i := _dlq_id(f.delivery))]  # retries that worked
     await record_attempts([
         (f.delivery.id, f.delivery.attempts, f.result.started_at, f.result.duration_ms,
          f.result.status_code, f.result.outcome.kind, f.result.outcome.reason,
          f.result.error_message, f.result.excerpt)
-        for f in finished if f.attempted], by_code, now)
+        for f in finished if f.attempted], by_code, now, resolved)
     if succeeded:
-        if resolved := [i for f in succeeded if (i := _dlq_id(f.delivery))]:
-            await DeadLetter.filter(id__in=resolved, status=DeadLetterStatus.RETRYING).update(
-                status=DeadLetterStatus.RESOLVED, resolved_at=now, updated_at=now)
-            events += [{"type": "dlq.changed", "id": i, "status": "resolved"} for i in resolved]
+        if resolved:  # one event for the batch: a PUBLISH per entry was most of bulk's Redis
+            events.append({"type": "dlq.changed", "ids": resolved, "status": "resolved"})
         counts["succeeded"] = len(succeeded)
     metrics = ctx.get("metrics")
     for f in succeeded:
@@ -134,6 +133,7 @@ async def record_outcomes(ctx: dict[str, Any], finished: list[Finished]) -> dict
     changed: dict[str, list[int]] = defaultdict(list)  # one event per resulting status
     if succeeded:
         changed["succeeded"] = [f.delivery.id for f in succeeded]
+    dead: list[int] = []  # DLQ entries made or re-activated by this batch
     for f in finished:
         if f.result.outcome.ok:
             continue
@@ -141,7 +141,9 @@ async def record_outcomes(ctx: dict[str, Any], finished: list[Finished]) -> dict
         counts[status.value] += 1
         changed[status.value].append(f.delivery.id)
         if entry_id:
-            events.append({"type": "dlq.changed", "id": entry_id, "status": "active"})
+            dead.append(entry_id)
+    if dead:
+        events.append({"type": "dlq.changed", "ids": dead, "status": "active"})
     if lines:
         log.info("\n".join(lines))
     await _update_health(finished, now)

@@ -25,7 +25,7 @@ from typing import Any
 from tortoise import connections
 from tortoise.backends.base.client import BaseDBAsyncClient, TransactionalDBClient
 
-from models.enums import DeliveryStatus
+from models.enums import DeadLetterStatus, DeliveryStatus
 
 
 @dataclass(slots=True)
@@ -220,9 +220,13 @@ _PG_SUCCEEDED = ("UPDATE delivery d SET status = $10, finished_at = u.at, update
                  " last_error = NULL, last_status_code = u.code"
                  " FROM unnest($11::int[], $12::timestamptz[], $13::int[]) AS u(id, at, code)"
                  " WHERE d.id = u.id")
+_PG_RESOLVED = ("UPDATE dead_letter e SET status = $14, resolved_at = r.at, updated_at = r.at"
+                " FROM unnest($15::int[], $16::timestamptz[]) AS r(id, at)"
+                " WHERE e.id = r.id AND e.status = $17")
 
-#: one batch's record: its Attempt rows, and its successes' ids by status code, at `now`
-_Record = tuple[Sequence[AttemptRow], dict["int | None", list[int]], datetime]
+#: one batch's record: its Attempt rows, its successes' ids by status code, and the DLQ
+#: entries its successes resolve, at `now`
+_Record = tuple[Sequence[AttemptRow], dict["int | None", list[int]], datetime, Sequence[int]]
 
 
 class _GroupCommit:
@@ -284,9 +288,10 @@ _GROUPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GroupCommit] = (
 
 
 async def record_attempts(rows: Sequence[AttemptRow], succeeded: dict[int | None, list[int]],
-                          now: datetime) -> None:
-    """Write a batch of Attempt rows and mark the deliveries that succeeded (`succeeded`:
-    delivery ids by the status code they got).
+                          now: datetime, resolved: Sequence[int] = ()) -> None:
+    """Write a batch of Attempt rows, mark the deliveries that succeeded (`succeeded`:
+    delivery ids by the status code they got), and resolve the DLQ entries that successful
+    retries re-delivered (`resolved`: entry ids; only those still `retrying` change).
 
     On PostgreSQL outside a transaction, one statement, shared with the records of other
     batches that arrive meanwhile (`_GroupCommit`)."""
@@ -295,28 +300,47 @@ async def record_attempts(rows: Sequence[AttemptRow], succeeded: dict[int | None
         await insert_attempts(rows)
         for code, ids in succeeded.items():
             await mark_succeeded(ids, code, now)
+        await resolve_entries(resolved, now)
         return
     if not rows and not succeeded:
         return
     loop = asyncio.get_running_loop()
     if (group := _GROUPS.get(loop)) is None:
         group = _GROUPS[loop] = _GroupCommit()
-    await group.write(db, (rows, succeeded, now))
+    await group.write(db, (rows, succeeded, now, resolved))
 
 
 async def _pg_record(db: BaseDBAsyncClient, records: list[_Record]) -> None:
-    """Records in one statement: the Attempt rows through `unnest`, and the successes'
-    UPDATE (each with its own finish time and status code) in the same CTE."""
+    """Records in one statement: the Attempt rows through `unnest`, the successes' UPDATE
+    (each with its own finish time and status code) and the resolved DLQ entries' UPDATE in
+    the same CTE."""
     rows = [row for record in records for row in record[0]]
-    done = [(i, now, code) for _, succeeded, now in records
+    done = [(i, now, code) for _, succeeded, now, _ in records
             for code, ids in succeeded.items() for i in ids]
+    entries = [(i, now) for _, _, now, resolved in records for i in resolved]
     columns = [list(column) for column in zip(*rows, strict=True)] or [[] for _ in _ATTEMPT_COLUMNS]
     if not done:
         await _pg_fetch(db, _PG_INSERT_ATTEMPTS, *columns)
         return
     ids, ats, codes = (list(column) for column in zip(*done, strict=True))
-    await _pg_fetch(db, f"WITH attempts AS ({_PG_INSERT_ATTEMPTS}) {_PG_SUCCEEDED}", *columns,
-                    DeliveryStatus.SUCCEEDED.value, ids, ats, codes)
+    args = [*columns, DeliveryStatus.SUCCEEDED.value, ids, ats, codes]
+    ctes = f"attempts AS ({_PG_INSERT_ATTEMPTS})"
+    if entries:
+        entry_ids, entry_ats = (list(column) for column in zip(*entries, strict=True))
+        ctes += f", resolved AS ({_PG_RESOLVED})"
+        args += [DeadLetterStatus.RESOLVED.value, entry_ids, entry_ats,
+                 DeadLetterStatus.RETRYING.value]
+    await _pg_fetch(db, f"WITH {ctes} {_PG_SUCCEEDED}", *args)
+
+
+async def resolve_entries(ids: Sequence[int], now: datetime) -> None:
+    """DLQ entries re-delivered by a successful retry: `retrying` → `resolved`."""
+    if not ids:
+        return
+    from models.dead_letters import DeadLetter
+
+    await DeadLetter.filter(id__in=ids, status=DeadLetterStatus.RETRYING).update(
+        status=DeadLetterStatus.RESOLVED, resolved_at=now, updated_at=now)
 
 
 async def insert_attempts(rows: Sequence[AttemptRow]) -> None:

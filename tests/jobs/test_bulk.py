@@ -85,9 +85,9 @@ async def test_retry_all_resolves_every_entry_and_the_figures_reconcile(db, redi
                                           "max_id": entries[-1].id}
 
 
-async def test_progress_is_bumped_once_per_batch_not_per_delivery(db, redis, receiver,
-                                                                   run_bulk):
-    endpoint, _ = await _entries(receiver, 120)
+async def test_progress_and_events_are_once_per_batch_not_per_delivery(db, redis, receiver,
+                                                                       run_bulk):
+    endpoint, entries = await _entries(receiver, 120)
     events: list[dict] = []
     pubsub = redis.pubsub()
     await pubsub.subscribe(get_settings().events_channel)
@@ -98,6 +98,7 @@ async def test_progress_is_bumped_once_per_batch_not_per_delivery(db, redis, rec
 
     stats = await redis.info("commandstats")
     hincrby_calls = stats.get("cmdstat_hincrby", {}).get("calls", 0)
+    publish_calls = stats.get("cmdstat_publish", {}).get("calls", 0)
     deadline = time.monotonic() + 5  # the subscription buffered everything published
     while time.monotonic() < deadline:  # until it is drained (batches run concurrently:
         # the one finishing the operation may publish before the others)
@@ -113,6 +114,12 @@ async def test_progress_is_bumped_once_per_batch_not_per_delivery(db, redis, rec
     assert max(e["completed"] for e in progress) == 120
     assert [e["state"] for e in progress].count("completed") == 1
     assert (await BulkOperation.get(id=started["operation_id"])).state == BulkState.COMPLETED
+    # the entries resolved by a batch are one event (one PUBLISH per entry was most of the
+    # bulk lane's Redis traffic)
+    resolved = [e for e in events if e["type"] == "dlq.changed" and e["status"] == "resolved"]
+    assert sorted(i for e in resolved for i in e["ids"]) == [e.id for e in entries]
+    assert 3 <= len(resolved) <= 8
+    assert publish_calls < 40  # 120 with an event per entry
 
 
 async def test_a_failed_bulk_retry_gets_one_attempt_and_its_entry_goes_back_to_active(
@@ -391,6 +398,33 @@ async def test_reason_can_be_made_mandatory(db, redis, receiver, monkeypatch):
         await bulk.start_retry_all(DlqFilter(), "alice", reason="  ", redis=redis)
     assert await BulkOperation.all().count() == 0
     assert await DeadLetter.filter(status=DeadLetterStatus.ACTIVE).count() == 2
+
+
+async def test_bulk_deliveries_asking_at_once_share_one_read_of_the_cancel_flag(redis):
+    # the 64 deliveries in flight ask when they get their slots: one Redis read serves those
+    # that ask while it is on its way, and a cancel is seen once the flag's TTL has passed
+    from jobs import deliver
+
+    reads = 0
+    real_hget = redis.hget
+
+    async def counted_hget(*args, **kwargs):
+        nonlocal reads
+        reads += 1
+        return await real_hget(*args, **kwargs)
+
+    redis.hget = counted_hget
+    ctx = {"redis": redis, "shared": {}}
+    asked = await asyncio.gather(*(deliver._operation_cancelled(ctx, 7) for _ in range(50)))
+    assert asked == [False] * 50 and reads == 1
+
+    await redis.hset(bulk.progress_key(7), "state", BulkState.CANCELLING.value)
+    await asyncio.sleep(deliver.CANCEL_FLAG_TTL_S * 1.5)
+    asked = await asyncio.gather(*(deliver._operation_cancelled(ctx, 7) for _ in range(50)))
+    assert asked == [True] * 50 and reads == 2
+    await redis.hdel(bulk.progress_key(7), "state")  # a cancel is for good: no read again
+    await asyncio.sleep(deliver.CANCEL_FLAG_TTL_S * 1.5)
+    assert await deliver._operation_cancelled(ctx, 7) is True and reads == 2
 
 
 async def test_deliveries_waiting_for_their_endpoints_slot_do_not_start_after_a_cancel(

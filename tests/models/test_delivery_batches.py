@@ -218,3 +218,38 @@ async def test_concurrent_records_land_together_and_a_failing_one_fails_alone(db
             assert {(r.status, r.last_status_code, r.finished_at) for r in rows} == {
                 (DeliveryStatus.SUCCEEDED, 200 + n, finished[n])}
             assert attempts == 3
+
+
+async def test_record_resolves_the_entries_of_successful_retries_still_retrying(db):
+    """The DLQ entries that successful retries re-delivered are resolved in the record itself
+    (PostgreSQL: the same statement, concurrent batches each at their own time); an entry
+    that changed meanwhile (here archived) is left as it is."""
+    from models.dead_letters import DeadLetter
+    from models.enums import DeadLetterStatus
+    from tests.factories import make_dead_letter
+
+    endpoint = (await _deliveries(1))[0]
+    endpoint = await Endpoint.get(id=endpoint.endpoint_id)  # type: ignore[attr-defined]
+    entries = [await make_dead_letter(endpoint, status=DeadLetterStatus.RETRYING)
+               for _ in range(4)]
+    await DeadLetter.filter(id=entries[3].id).update(status=DeadLetterStatus.ARCHIVED)
+    batches = [await _deliveries(2) for _ in range(2)]
+    started = datetime.now(UTC) - timedelta(seconds=1)
+    finished = [started + timedelta(milliseconds=100 * (n + 1)) for n in range(2)]
+
+    def record(n: int, batch: list[Delivery], resolved: list[int]):
+        rows = [(d.id, 1, started, 5.0, 200, "success", None, None, "ok") for d in batch]
+        return record_attempts(rows, {200: [d.id for d in batch]}, finished[n], resolved)
+
+    for batch in batches:
+        await claim_deliveries([d.id for d in batch], "tok", None, started)
+    await asyncio.gather(record(0, batches[0], [entries[0].id, entries[1].id]),
+                         record(1, batches[1], [entries[3].id]))
+
+    rows = {e.id: e for e in await DeadLetter.filter(id__in=[e.id for e in entries])}
+    assert [(rows[e.id].status, rows[e.id].resolved_at) for e in entries] == [
+        (DeadLetterStatus.RESOLVED, finished[0]), (DeadLetterStatus.RESOLVED, finished[0]),
+        (DeadLetterStatus.RETRYING, None), (DeadLetterStatus.ARCHIVED, None)]
+    assert rows[entries[0].id].updated_at == finished[0]
+    assert {d.status for d in await Delivery.filter(
+        id__in=[d.id for b in batches for d in b])} == {DeliveryStatus.SUCCEEDED}
