@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from bench.deliveries import _reset_postgres
 from dashboard.api import UVICORN_ARGV
@@ -53,6 +54,7 @@ class Stack:
     receiver_port: int
     env: dict[str, str]
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    roles: dict[int, str] = field(default_factory=dict)  # pid → "worker", "bulk", "api", …
 
     @property
     def is_postgres(self) -> bool:
@@ -67,7 +69,23 @@ class Stack:
                                 stdout=open(self.tmp / f"{name}.log", "wb"),  # noqa: SIM115
                                 stderr=subprocess.STDOUT)
         self.procs.append(proc)
+        self.roles[proc.pid] = name.split("-")[0]
         return proc
+
+    def cpu_s(self) -> dict[str, float]:
+        """CPU seconds (user + system) so far of the stack's live processes by role, Redis
+        included; a role's processes add up."""
+        procs = {p.pid: self.roles.get(p.pid, "?") for p in self.procs if p.poll() is None}
+        if self.redis.process is not None:
+            procs[self.redis.process.pid] = "redis"
+        spent: dict[str, float] = {}
+        for pid, role in procs.items():
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            spent[role] = spent.get(role, 0.0) + times.user + times.system
+        return spent
 
     def start_api(self) -> str:
         """The REST API (`dashboard.api.app:api`) under uvicorn (uvloop, httptools); returns

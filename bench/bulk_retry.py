@@ -110,7 +110,7 @@ async def _engine_rate(op_id: int) -> tuple[int, float]:
 async def throughput_run(b: Bench, client: httpx.AsyncClient) -> None:
     n = b.args.n
     endpoint_id, _ = await b.fill("throughput", n)
-    usage = _Usage()
+    usage, cpu0, commands0 = _Usage(), b.st.cpu_s(), await _redis_calls()
     ms, started = await _retry_all(client, endpoint_id)
     b.report(f"POST /v1/dlq/retry-all response, {n:,} entries", f"{ms:.0f} ms", "< 200 ms")
     op = await _wait_finished(started["operation_id"], b.args.timeout)
@@ -121,11 +121,40 @@ async def throughput_run(b: Bench, client: httpx.AsyncClient) -> None:
     b.report("end-to-end completion", f"{took:.1f} s, {op.succeeded / took:,.0f} deliveries/s "
              f"(succeeded {op.succeeded:,}, failed {op.failed:,}, skipped {op.skipped:,})")
     b.report("CPU per bulk delivery (Retry All → finished)", usage.report(max(op.succeeded, 1)))
+    b.report("CPU per bulk delivery by process", _by_process(
+        cpu0, b.st.cpu_s(), max(op.succeeded, 1)))
+    b.report("Redis commands per bulk delivery", _per(commands0, await _redis_calls(),
+                                                     max(op.succeeded, 1)))
     attempts, rate = await _engine_rate(op.id)
     b.report("bulk deliveries/s the engine's way (first attempt → last finished)",
              f"{rate:,.0f}/s over {attempts:,} attempts",
              ">= 0.8x bench/deliveries.py in the same run")
     await _entry_statuses(b, endpoint_id, "after Retry All")
+
+
+async def _redis_calls() -> dict[str, int]:
+    """Calls so far of each Redis command on the bench's Redis (INFO commandstats)."""
+    from jobs.queue import connect
+
+    redis = await connect()
+    try:
+        stats = await redis.info("commandstats")
+    finally:
+        await redis.aclose()
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def _per(before: dict[str, int], after: dict[str, int], n: int, top: int = 8) -> str:
+    """The `top` commands by calls per delivery between two `_redis_calls` readings."""
+    calls = {k: (v - before.get(k, 0)) / n for k, v in after.items()}
+    ranked = sorted(calls.items(), key=lambda kv: -kv[1])[:top]
+    return f"{sum(calls.values()):.2f} in all: " + ", ".join(f"{k} {v:.2f}" for k, v in ranked)
+
+
+def _by_process(before: dict[str, float], after: dict[str, float], n: int) -> str:
+    """µs of CPU per delivery of each role between two `Stack.cpu_s` readings."""
+    return ", ".join(f"{role} {(after[role] - before.get(role, 0.0)) / n * 1e6:,.0f} µs"
+                     for role in sorted(after))
 
 
 async def _entry_statuses(b: Bench, endpoint_id: int, when: str) -> Counter[str]:
