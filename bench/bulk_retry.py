@@ -1,7 +1,7 @@
 """Bulk Retry All end to end: a full DLQ, the REST API, the workers, the receiver.
 
     .venv/bin/python -m bench.bulk_retry [--n 100000] [--database-url URL] [--workers 1]
-                                         [--cancel-rates 0,1000] [--retries 3000]
+                                         [--cancel-rates 0,1000] [--retries 3000] [--no-engine]
                                          [--single-retries-only] [--load-client httpx]
 
 What runs: the REST API under uvicorn (`dashboard.api.app:api`), and the workers as
@@ -15,6 +15,11 @@ Figures:
 - entries handed to the fast lane per second: handed / (walked_at − started_at) of the row;
 - completion: finished_at − started_at; deliveries/s over that, and the engine's way
   (bench/deliveries.py: deliveries / (last finished − first attempt started));
+- CPU per bulk delivery of each process (bulk worker, receiver, API, Redis, PostgreSQL) and
+  the Redis commands per delivery;
+- the engine's own rate in the same run (`--no-engine` skips it): N messages published to a
+  new endpoint while no worker runs, then the workers, measured as bench/deliveries.py does,
+  and the ratio bulk / engine (target 0.8);
 - Cancel mid-way (at `--cancel-at` of completed, on N fresh entries, once per `--cancel-rates`
   value: 0 = unpaced, where the walker has usually handed everything out before the cancel;
   a paced rate keeps the walker running): attempts started after the cancel, split into those
@@ -64,6 +69,10 @@ class Bench:
         endpoint, so entries left by another phase are never swept in)."""
         app_id, endpoints = await make_endpoints(self.st, [f"ok/{len(self.rows)}"])
         filled = await fill_dlq(self.st, FillSpec(app_id, endpoints, n))
+        if sql := self.args.experiment_sql:  # e.g. an index dropped, to measure its cost
+            from tortoise import connections
+
+            await connections.get("default").execute_script(sql)
         self.report(f"fill {label} ({n:,} entries)",
                     f"{filled.seconds:.1f} s ({n / filled.seconds:,.0f} entries/s)")
         return endpoints[0][0], filled
@@ -126,10 +135,41 @@ async def throughput_run(b: Bench, client: httpx.AsyncClient) -> None:
     b.report("Redis commands per bulk delivery", _per(commands0, await _redis_calls(),
                                                      max(op.succeeded, 1)))
     attempts, rate = await _engine_rate(op.id)
+    b.bulk_rate = rate
     b.report("bulk deliveries/s the engine's way (first attempt → last finished)",
              f"{rate:,.0f}/s over {attempts:,} attempts",
              ">= 0.8x bench/deliveries.py in the same run")
     await _entry_statuses(b, endpoint_id, "after Retry All")
+
+
+async def engine_run(b: Bench, workers: list[Any]) -> list[Any]:
+    """The engine's own rate in this run, as bench/deliveries.py measures it: N messages
+    published (batch API op) to a new endpoint on the same receiver while no worker runs,
+    then the workers started; deliveries / (first attempt started → last finished). Returns
+    the workers running afterwards."""
+    from bench.deliveries import _publish, _rate
+
+    st, n = b.st, b.args.n
+    app_id, endpoints = await make_endpoints(st, [f"ok/engine-{len(b.rows)}"])
+    st.stop(workers)
+    await _publish(app_id, n)
+    workers = await _start_workers(st, b.args.workers, 0)
+    from models.deliveries import Delivery
+    from models.enums import DeliveryStatus
+
+    deadline = time.monotonic() + b.args.timeout
+    while await Delivery.filter(endpoint_id=endpoints[0][0], status__in=[
+            DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED]).count() < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the engine run did not finish (worker logs in the bench's "
+                               "temporary directory)")
+        await asyncio.sleep(0.5)
+    rate = await _rate([endpoints[0][0]])
+    b.report("engine deliveries/s in the same run (bench/deliveries.py's way)",
+             f"{rate:,.0f}/s over {n:,} messages")
+    if bulk_rate := getattr(b, "bulk_rate", None):
+        b.report("bulk / engine, deliveries/s", f"{bulk_rate / rate:.2f}", ">= 0.8")
+    return workers
 
 
 async def _redis_calls() -> dict[str, int]:
@@ -409,6 +449,8 @@ async def _bulk_runs(b: Bench, client: httpx.AsyncClient, workers: list[Any]) ->
     the workers running afterwards (some runs restart them)."""
     args, st = b.args, b.st
     await throughput_run(b, client)
+    if args.engine:
+        workers = await engine_run(b, workers)
     if args.walker_alone:
         st.stop(workers)
         await walker_alone(b, client)
@@ -439,6 +481,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="delivery workers (main queue)")
     parser.add_argument("--cancel-rates", type=_rates, default=[0.0, 1000.0],
                         help="one cancel run per bulk rate per endpoint (0 = unpaced)")
+    parser.add_argument("--no-engine", dest="engine", action="store_false",
+                        help="skip the engine run (the fast lane's own rate, for the ratio)")
     parser.add_argument("--no-walker-alone", dest="walker_alone", action="store_false",
                         help="skip the walker-alone run (its own rate, no deliveries beside it)")
     parser.add_argument("--proposed-indexes", action="store_true",
@@ -452,6 +496,8 @@ def main() -> None:
     parser.add_argument("--single-retries-only", action="store_true",
                         help="only the single retries under 20 clients (the DLQ filled with "
                              "--retries entries; no Retry All before them)")
+    parser.add_argument("--experiment-sql", default="",
+                        help="SQL run after each fill, before its Retry All (an experiment)")
     parser.add_argument("--timeout", type=float, default=1800, help="per operation, seconds")
     args = parser.parse_args()
     with stack(args.database_url) as st:
