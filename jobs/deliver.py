@@ -16,16 +16,18 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from jobs.claim_gate import ClaimGate
 from jobs.attempt import (ATTEMPT_DEADLINE_S, AttemptResult, DirectPoster, no_attempt, post_once,
                           webhook_body)
 from jobs.http import make_poster
 from jobs.classify import Outcome
 from jobs.operations import bulk
 from jobs.outcomes import Finished, record_outcomes, sandbox_overrides
-from jobs.queue import enqueue_batch
+from jobs.queue import enqueue_batch, enqueue_bulk_batch
 from jobs.metrics import DeliveryMetrics
 from jobs.signing import signing_secrets, signature_headers
 from jobs.tracing import attempt_span
+from models.config import get_settings
 from models.deliveries import Delivery
 from models.delivery_batches import ClaimedDelivery, claim_deliveries, load_endpoints
 from models.enums import DeliveryStatus
@@ -37,6 +39,9 @@ IDLE_DETACH_S = 0.25  # ...or until none finished for this long, then detaches t
 STRAGGLER_FLUSH_S = 0.05  # detached attempts finishing within this window are recorded together
 DEFAULT_MAX_IN_FLIGHT = 16  # per endpoint and worker process, unless the endpoint says
 STALE_RUNNING_S = ATTEMPT_DEADLINE_S + 90  # past arq's job_timeout + in-progress key expiry
+CLAIM_AHEAD_BATCHES = 2  # a bulk-lane worker claims this many batches beyond an endpoint's cap
+CLAIM_WAIT_S = DETACH_AFTER_S  # a bulk-lane job waits at most this long for its claim gate...
+CLAIM_REQUEUE_S = 1.0  # ...then goes back to the queue, due again after this long
 
 
 async def claim(delivery_ids: list[int], agent_id: str | None = None) -> list[ClaimedDelivery]:
@@ -184,13 +189,18 @@ async def _attempt_sandbox(ctx: dict[str, Any], delivery: Delivery,
 
 
 async def run_claimed(ctx: dict[str, Any], deliveries: list[Delivery],
-                      detach_after_s: float | None = DETACH_AFTER_S) -> dict[str, int]:
+                      detach_after_s: float | None = DETACH_AFTER_S,
+                      gate: ClaimGate | None = None) -> dict[str, int]:
     """Attempt claimed deliveries concurrently; record the finished ones together.
 
     Waits while attempts keep finishing; once none finished for `IDLE_DETACH_S` (or
     `detach_after_s` passed) the stragglers are detached and record themselves later.
+    Each attempt that ends gives its place in `gate` back (detached ones included).
     """
     tasks = {asyncio.create_task(attempt_one(ctx, d)): d for d in deliveries}
+    if gate is not None:
+        for task in tasks:
+            task.add_done_callback(lambda _: gate.give(1))
     try:
         done, pending = await _wait_for_most(set(tasks), detach_after_s)
     except asyncio.CancelledError:  # the job was cancelled (worker shutdown): hand all back
@@ -296,22 +306,60 @@ async def stop_detached(ctx: dict[str, Any], grace_s: float = 3.0) -> None:
 
 
 async def deliver_batch(ctx: dict[str, Any], delivery_ids: list[int],
-                        operation_id: int | None = None) -> dict[str, int]:
+                        operation_id: int | None = None,
+                        endpoint_id: int | None = None) -> dict[str, int]:
     """arq job (fast lane): first attempts of up to a batch of deliveries.
 
     A batch of a bulk operation (`operation_id`, on the bulk lane) reads the operation's cancel
     flag once, right after its claim: a cancel that landed before that moment stops the whole
     batch (its deliveries are handed back and marked `cancelled`, their entries `active`);
     one that lands later finds them in flight.
+
+    A bulk-lane batch names its endpoint (`endpoint_id`): it claims only once its endpoint's
+    claim gate admits it (jobs.claim_gate), and goes back to the queue when that takes longer
+    than `CLAIM_WAIT_S`.
     """
-    deliveries = await claim(delivery_ids, ctx.get("agent_id"))
+    gate = None
+    if endpoint_id is not None:
+        gate = _claim_gate(ctx, endpoint_id)
+        if not await gate.take(len(delivery_ids), CLAIM_WAIT_S):
+            await enqueue_bulk_batch(ctx["redis"], delivery_ids, operation_id, CLAIM_REQUEUE_S,
+                                     endpoint_id=endpoint_id)
+            return {"claimed": 0, "requeued": len(delivery_ids)}
+    try:
+        deliveries = await claim(delivery_ids, ctx.get("agent_id"))
+    except BaseException:
+        if gate is not None:
+            gate.give(len(delivery_ids))
+        raise
+    if gate is not None:
+        gate.give(len(delivery_ids) - len(deliveries))  # taken by someone else, or finished
+        if deliveries and deliveries[0].endpoint is not None:
+            gate.limit = _claim_limit(deliveries[0].endpoint)
     if not deliveries:
         return {"claimed": 0}
     if operation_id is not None and await bulk.is_cancelling(ctx["redis"], operation_id):
+        if gate is not None:
+            gate.give(len(deliveries))
         await asyncio.gather(*(release_claim(d.id) for d in deliveries))
         cancelled = await bulk.cancel_queued(ctx["redis"], operation_id, delivery_ids)
         return {"claimed": 0, "cancelled": cancelled or 0}
-    return {"claimed": len(deliveries), **await run_claimed(ctx, deliveries)}
+    return {"claimed": len(deliveries), **await run_claimed(ctx, deliveries, gate=gate)}
+
+
+def _claim_limit(endpoint: Any) -> int:
+    """Deliveries of the endpoint a worker may hold claimed: its in-flight cap, and
+    `CLAIM_AHEAD_BATCHES` batches waiting for a slot."""
+    return ((endpoint.max_in_flight or DEFAULT_MAX_IN_FLIGHT)
+            + CLAIM_AHEAD_BATCHES * get_settings().batch_size)
+
+
+def _claim_gate(ctx: dict[str, Any], endpoint_id: int) -> ClaimGate:
+    gates: dict[int, ClaimGate] = ctx["shared"].setdefault("claim_gates", {})
+    if (gate := gates.get(endpoint_id)) is None:
+        gate = gates[endpoint_id] = ClaimGate(
+            DEFAULT_MAX_IN_FLIGHT + CLAIM_AHEAD_BATCHES * get_settings().batch_size)
+    return gate
 
 
 async def deliver(ctx: dict[str, Any], delivery_id: int) -> str:

@@ -66,11 +66,15 @@ async def enqueue_batch(redis: ArqRedis, delivery_ids: Iterable[int],
     return len(chunks)
 
 
-async def enqueue_bulk_batch(redis: ArqRedis, delivery_ids: list[int], operation_id: int,
-                             defer_s: float | None = None) -> None:
+async def enqueue_bulk_batch(redis: ArqRedis, delivery_ids: list[int], operation_id: int | None,
+                             defer_s: float | None = None, *,
+                             endpoint_id: int | None = None) -> None:
     """Hand deliveries of a bulk operation to the bulk lane as one `deliver_batch` job; the job
-    reads the operation's cancel flag once before claiming them."""
-    await redis.enqueue_job("deliver_batch", delivery_ids, operation_id,
+    reads the operation's cancel flag once before claiming them. With `endpoint_id` (all of
+    them are that endpoint's), the job waits for the endpoint's claim gate (jobs.claim_gate)."""
+    args = (delivery_ids, operation_id) if endpoint_id is None else (
+        delivery_ids, operation_id, endpoint_id)
+    await redis.enqueue_job("deliver_batch", *args,
                             _queue_name=bulk_queue_name(), _defer_by=defer_s or None)
 
 
@@ -78,10 +82,11 @@ async def enqueue_bulk_batch(redis: ArqRedis, delivery_ids: list[int], operation
 Command = tuple[str | bytes | int, ...]
 
 
-def bulk_batch_commands(redis: ArqRedis, batches: list[tuple[list[int], float]],
+def bulk_batch_commands(redis: ArqRedis, batches: list[tuple[list[int], float, int]],
                         operation_id: int) -> list[Command]:
-    """The Redis commands enqueueing one `deliver_batch` job per (delivery ids, defer seconds)
-    of a bulk operation, for the caller to send in ONE pipeline with whatever else it writes.
+    """The Redis commands enqueueing one `deliver_batch` job per (delivery ids, defer seconds,
+    their endpoint's id) of a bulk operation, for the caller to send in ONE pipeline with
+    whatever else it writes.
 
     They are those of arq's `enqueue_job` (the job key with its expiry, then its place in the
     queue's sorted set) without its existence check, which only matters for chosen job ids:
@@ -95,11 +100,11 @@ def bulk_batch_commands(redis: ArqRedis, batches: list[tuple[list[int], float]],
 
     queue, now = bulk_queue_name(), timestamp_ms()
     commands: list[Command] = []
-    for delivery_ids, defer_s in batches:
+    for delivery_ids, defer_s, endpoint_id in batches:
         job_id = uuid.uuid4().hex
         score = now + (round(defer_s * 1000) if defer_s and defer_s > 0 else 0)
-        job = serialize_job("deliver_batch", (delivery_ids, operation_id), {}, None, now,
-                            serializer=redis.job_serializer)
+        job = serialize_job("deliver_batch", (delivery_ids, operation_id, endpoint_id), {},
+                            None, now, serializer=redis.job_serializer)
         commands.append(("PSETEX", job_key_prefix + job_id,
                          score - now + redis.expires_extra_ms, job))
         commands.append(("ZADD", queue, score, job_id))

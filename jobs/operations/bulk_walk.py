@@ -248,9 +248,9 @@ async def _claim(wanted: list[tuple[Any, ...]], op: BulkOperation,
 
 
 def _paced(walk: _Walk, created: list[tuple[int, int]],
-           flags: dict[str, str]) -> list[tuple[list[int], float]]:
-    """The deliveries as bulk-lane jobs of up to `chunk` each, per endpoint: (ids, defer s),
-    each endpoint's spread at the rate (and held while it asked to wait)."""
+           flags: dict[str, str]) -> list[tuple[list[int], float, int]]:
+    """The deliveries as bulk-lane jobs of up to `chunk` each, per endpoint: (ids, defer s,
+    endpoint id), each endpoint's spread at the rate (and held while it asked to wait)."""
     by_endpoint: dict[int, list[int]] = {}
     for delivery_id, endpoint_id in sorted(created):
         by_endpoint.setdefault(endpoint_id, []).append(delivery_id)
@@ -260,7 +260,8 @@ def _paced(walk: _Walk, created: list[tuple[int, int]],
         hold = float(flags.get(f"hold:{endpoint_id}", 0.0))
         for i in range(0, len(ids), chunk):
             part = ids[i:i + chunk]
-            batches.append((part, walk.pacer.schedule(endpoint_id, len(part), now, hold)))
+            batches.append((part, walk.pacer.schedule(endpoint_id, len(part), now, hold),
+                            endpoint_id))
     return batches
 
 

@@ -400,6 +400,62 @@ async def test_reason_can_be_made_mandatory(db, redis, receiver, monkeypatch):
     assert await DeadLetter.filter(status=DeadLetterStatus.ACTIVE).count() == 2
 
 
+async def test_a_bulk_worker_claims_only_a_few_batches_beyond_its_endpoints_cap(
+        db, redis, receiver, run_bulk):
+    # 300 entries, six jobs of 50 at once, an endpoint taking one at a time: the worker holds
+    # its cap and two batches claimed, the rest wait unclaimed (`queued`)
+    from jobs import deliver
+
+    receiver.script("/ok", Reply(delay_s=0.005))
+    await _entries(receiver, 300, max_in_flight=1)
+    started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
+    worker = asyncio.create_task(run_bulk())
+    most = 0
+    while not worker.done():
+        most = max(most, await Delivery.filter(status=DeliveryStatus.RUNNING).count())
+        await asyncio.sleep(0.01)
+    await worker
+
+    batch = get_settings().batch_size
+    limit = 1 + deliver.CLAIM_AHEAD_BATCHES * batch
+    # the gate counts a delivery until its attempt ends; the row stays `running` until its
+    # batch is recorded, so one more batch may show (300 when every job claimed at once)
+    assert 1 <= most <= limit + batch
+    op = await BulkOperation.get(id=started["operation_id"])
+    assert op.state == BulkState.COMPLETED and op.succeeded == 300
+    _adds_up(op)
+    assert len(receiver.hits("/ok")) == 300
+
+
+async def test_a_bulk_job_whose_endpoint_stays_full_goes_back_to_the_queue_unclaimed(
+        db, redis, receiver, monkeypatch):
+    # the endpoint's gate stays full (a slow receiver holds every place): the job does not
+    # hold the lane's job slot waiting, it is enqueued again, deferred, and claims nothing
+    from jobs import deliver
+    from jobs.http import make_client
+    from models.deliveries import Message
+
+    monkeypatch.setattr(deliver, "CLAIM_WAIT_S", 0.05)
+    endpoint = await make_endpoint(receiver.url("/ok"))
+    message = await Message.create(app_id=endpoint.app_id, event_type="x", payload={})  # type: ignore[attr-defined]
+    ids = [(await Delivery.create(message=message, endpoint=endpoint)).id for _ in range(3)]
+    async with make_client() as client:
+        ctx = {"redis": redis, "http": client}
+        deliver.init_context(ctx)
+        deliver._claim_gate(ctx, endpoint.id).taken = 10_000  # held by attempts in flight
+        before = time.time()
+        counts = await deliver.deliver_batch(ctx, ids, None, endpoint.id)
+        await deliver.close_context(ctx)
+
+    assert counts == {"claimed": 0, "requeued": 3}
+    assert {d.status for d in await Delivery.filter(id__in=ids)} == {DeliveryStatus.QUEUED}
+    queued = await redis.queued_jobs(queue_name=bulk_queue_name())
+    assert [(j.function, j.args) for j in queued] == [("deliver_batch", (ids, None, endpoint.id))]
+    due = await redis.zscore(bulk_queue_name(), queued[0].job_id)
+    assert due / 1000 >= before + deliver.CLAIM_REQUEUE_S - 0.01
+    assert receiver.hits("/ok") == []
+
+
 async def test_bulk_deliveries_asking_at_once_share_one_read_of_the_cancel_flag(redis):
     # the 64 deliveries in flight ask when they get their slots: one Redis read serves those
     # that ask while it is on its way, and a cancel is seen once the flag's TTL has passed
