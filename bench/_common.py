@@ -179,6 +179,22 @@ async def open_db(*, proposed_indexes: bool = False) -> None:
             await connections.get("default").execute_script(sql)
 
 
+async def server_settings() -> str:
+    """PostgreSQL's settings that move these figures most, as this server has them (a
+    server with autovacuum off keeps every dead row version of the run; 128 MB of shared
+    buffers no longer hold a 100,000-entry run's tables); empty on SQLite."""
+    from tortoise import connections
+
+    conn = connections.get("default")
+    if conn.capabilities.dialect != "postgres":
+        return ""
+    found = []
+    for name in ("autovacuum", "shared_buffers", "synchronous_commit"):
+        rows = await conn.execute_query_dict(f"SHOW {name}")
+        found.append(f"{name} {rows[0][name]}")
+    return "PostgreSQL server: " + ", ".join(found)
+
+
 async def make_token(name: str = "bench") -> str:
     """An admin's API token (models.auth.create_user)."""
     from models.auth import create_user

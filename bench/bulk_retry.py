@@ -49,7 +49,8 @@ import httpx
 
 from bench.deliveries import _Usage
 from bench._common import (Fill, FillSpec, Stack, as_datetime, describe, fill_dlq,
-                           http_poster, make_endpoints, make_token, open_db, p95, stack)
+                           http_poster, make_endpoints, make_token, open_db, p95, server_settings,
+                           stack)
 
 CLIENTS = 20
 FINISHED = ("completed", "cancelled", "failed")
@@ -427,6 +428,8 @@ async def run(args: argparse.Namespace, st: Stack) -> Bench:
 
     b = Bench(args, st)
     await open_db(proposed_indexes=args.proposed_indexes)
+    if settings := await server_settings():
+        b.report("database server", settings)
     token = await make_token()
     base = st.start_api()
     workers = await _start_workers(st, args.workers, 0)

@@ -254,6 +254,10 @@ async def run(args: argparse.Namespace, base_url: str) -> None:
     else:
         urls = [f"{base_url}/ok/0"]
     app_id = await _setup(urls)
+    from bench._common import server_settings  # (bench._common imports this module)
+
+    if settings := await server_settings():
+        print(settings)
     redis = await connect()
     await redis.flushdb()
     await redis.aclose()
