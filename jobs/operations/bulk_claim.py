@@ -11,7 +11,8 @@ one takes each), creates one queued delivery per claimed entry (`retry_of`, the 
 
     PostgreSQL  ONE statement (atomic on its own): the scope's query, a row lock on the
                 operation when its cursor is still ours, then data-modifying CTEs. The claim
-                draws each delivery's id from the sequence and links the entry to it, so each
+                draws each delivery's id from the sequence (looked up once per statement, not
+                per row: 8.5 against 0.75 µs a row here) and links the entry to it, so each
                 entry row is written once (a second UPDATE of rows written in the same
                 transaction would re-run all their foreign-key checks). Of a new delivery's
                 keys only `message_id` and `endpoint_id` are checked: the statement itself
@@ -61,7 +62,8 @@ locked AS (
 ), claimed AS (
     UPDATE dead_letter SET status = {retrying}, retry_count = retry_count + 1,
            updated_at = {now},
-           last_retry_delivery_id = nextval(pg_get_serial_sequence('delivery', 'id'))
+           last_retry_delivery_id = nextval(
+               (SELECT pg_get_serial_sequence('delivery', 'id')::regclass))
     WHERE id = ANY(ARRAY(SELECT id FROM picked)) AND status = {active}
       AND updated_at <= {started} AND EXISTS (SELECT 1 FROM locked)
       AND endpoint_id IN (SELECT id FROM endpoint WHERE enabled)
