@@ -167,12 +167,12 @@ async def _operation_cancelled(ctx: dict[str, Any], operation_id: int) -> bool:
     flags[operation_id] = (now, read)
     try:
         cancelled = await asyncio.shield(read)
-    except BaseException:
-        if flags.get(operation_id, (0.0, None))[1] is read:
-            del flags[operation_id]  # the next one reads again
-        raise
-    if flags.get(operation_id, (0.0, None))[1] is read:
-        flags[operation_id] = (now, cancelled)
+    finally:
+        if flags.get(operation_id, (0.0, None))[1] is read:  # not replaced by a newer read
+            if read.done() and not read.cancelled() and read.exception() is None:
+                flags[operation_id] = (now, read.result())
+            else:
+                del flags[operation_id]  # the next one reads again
     return cancelled
 
 
@@ -335,7 +335,7 @@ async def deliver_batch(ctx: dict[str, Any], delivery_ids: list[int],
     if gate is not None:
         gate.give(len(delivery_ids) - len(deliveries))  # taken by someone else, or finished
         if deliveries and deliveries[0].endpoint is not None:
-            gate.limit = _claim_limit(deliveries[0].endpoint)
+            gate.limit = _claim_limit(deliveries[0].endpoint.max_in_flight)
     if not deliveries:
         return {"claimed": 0}
     if operation_id is not None and await bulk.is_cancelling(ctx["redis"], operation_id):
@@ -347,18 +347,17 @@ async def deliver_batch(ctx: dict[str, Any], delivery_ids: list[int],
     return {"claimed": len(deliveries), **await run_claimed(ctx, deliveries, gate=gate)}
 
 
-def _claim_limit(endpoint: Any) -> int:
-    """Deliveries of the endpoint a worker may hold claimed: its in-flight cap, and
-    `CLAIM_AHEAD_BATCHES` batches waiting for a slot."""
-    return ((endpoint.max_in_flight or DEFAULT_MAX_IN_FLIGHT)
+def _claim_limit(max_in_flight: int | None) -> int:
+    """Deliveries of an endpoint a worker may hold claimed: its in-flight cap (the default
+    until the endpoint is known), and `CLAIM_AHEAD_BATCHES` batches waiting for a slot."""
+    return ((max_in_flight or DEFAULT_MAX_IN_FLIGHT)
             + CLAIM_AHEAD_BATCHES * get_settings().batch_size)
 
 
 def _claim_gate(ctx: dict[str, Any], endpoint_id: int) -> ClaimGate:
     gates: dict[int, ClaimGate] = ctx["shared"].setdefault("claim_gates", {})
     if (gate := gates.get(endpoint_id)) is None:
-        gate = gates[endpoint_id] = ClaimGate(
-            DEFAULT_MAX_IN_FLIGHT + CLAIM_AHEAD_BATCHES * get_settings().batch_size)
+        gate = gates[endpoint_id] = ClaimGate(_claim_limit(None))
     return gate
 
 
