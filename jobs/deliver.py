@@ -22,6 +22,7 @@ from jobs.attempt import (ATTEMPT_DEADLINE_S, AttemptResult, DirectPoster, no_at
 from jobs.http import make_poster
 from jobs.classify import Outcome
 from jobs.operations import bulk
+from jobs.operations.bulk_claim import claim_entries
 from jobs.outcomes import Finished, record_outcomes, sandbox_overrides
 from jobs.queue import enqueue_batch, enqueue_bulk_batch
 from jobs.metrics import DeliveryMetrics
@@ -51,8 +52,11 @@ async def claim(delivery_ids: list[int], agent_id: str | None = None) -> list[Cl
     `agent_id` (the worker's, see jobs.heartbeats) is stored so that the zombie sweep can hand
     back what a dead worker held (jobs.fleet.sweep_zombies).
     """
-    deliveries = await claim_deliveries(delivery_ids, str(uuid.uuid4()), agent_id,
-                                        datetime.now(UTC))
+    return await _with_endpoints(await claim_deliveries(delivery_ids, str(uuid.uuid4()),
+                                                        agent_id, datetime.now(UTC)))
+
+
+async def _with_endpoints(deliveries: list[ClaimedDelivery]) -> list[ClaimedDelivery]:
     # a batch usually targets a few endpoints: load each once and share it (building one
     # Endpoint per delivery was a tenth of the worker's time under load)
     endpoints = await load_endpoints({d.endpoint_id for d in deliveries} - {None},
@@ -344,6 +348,37 @@ async def deliver_batch(ctx: dict[str, Any], delivery_ids: list[int],
         await asyncio.gather(*(release_claim(d.id) for d in deliveries))
         cancelled = await bulk.cancel_queued(ctx["redis"], operation_id, delivery_ids)
         return {"claimed": 0, "cancelled": cancelled or 0}
+    return {"claimed": len(deliveries), **await run_claimed(ctx, deliveries, gate=gate)}
+
+
+async def deliver_entries(ctx: dict[str, Any], entry_ids: list[int], operation_id: int,
+                          endpoint_id: int) -> dict[str, int]:
+    """arq job (bulk lane): DLQ entries of one endpoint that a Retry All's walker handed out.
+
+    Once the endpoint's claim gate admits it (as a bulk `deliver_batch`), it claims the
+    entries and creates their deliveries, `running`, in one statement that does nothing once
+    the operation is cancelled (jobs.operations.bulk_claim), then delivers them. Entries
+    changed since they were handed out are counted `skipped`.
+    """
+    gate = _claim_gate(ctx, endpoint_id)
+    if not await gate.take(len(entry_ids), CLAIM_WAIT_S):
+        await enqueue_bulk_batch(ctx["redis"], entry_ids, operation_id, CLAIM_REQUEUE_S,
+                                 endpoint_id=endpoint_id, function="deliver_entries")
+        return {"claimed": 0, "requeued": len(entry_ids)}
+    try:
+        taken = await claim_entries(entry_ids, operation_id, ctx.get("agent_id"),
+                                    datetime.now(UTC))
+        deliveries = await _with_endpoints(taken.deliveries)
+    except BaseException:
+        gate.give(len(entry_ids))
+        raise
+    gate.give(len(entry_ids) - len(deliveries))
+    if deliveries and deliveries[0].endpoint is not None:
+        gate.limit = _claim_limit(deliveries[0].endpoint.max_in_flight)
+    if taken.late_skipped:
+        await bulk.record_late_skips(ctx["redis"], operation_id, taken.late_skipped)
+    if not deliveries:
+        return {"claimed": 0, "skipped": taken.late_skipped, "refused": int(not taken.open)}
     return {"claimed": len(deliveries), **await run_claimed(ctx, deliveries, gate=gate)}
 
 

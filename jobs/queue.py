@@ -67,14 +67,15 @@ async def enqueue_batch(redis: ArqRedis, delivery_ids: Iterable[int],
 
 
 async def enqueue_bulk_batch(redis: ArqRedis, delivery_ids: list[int], operation_id: int | None,
-                             defer_s: float | None = None, *,
-                             endpoint_id: int | None = None) -> None:
-    """Hand deliveries of a bulk operation to the bulk lane as one `deliver_batch` job; the job
-    reads the operation's cancel flag once before claiming them. With `endpoint_id` (all of
-    them are that endpoint's), the job waits for the endpoint's claim gate (jobs.claim_gate)."""
+                             defer_s: float | None = None, *, endpoint_id: int | None = None,
+                             function: str = "deliver_batch") -> None:
+    """Hand deliveries of a bulk operation (or, `function="deliver_entries"`, a Retry All's
+    DLQ entries) to the bulk lane as one job; the job reads the operation's cancel flag before
+    claiming them. With `endpoint_id` (all of them are that endpoint's), the job waits for the
+    endpoint's claim gate (jobs.claim_gate)."""
     args = (delivery_ids, operation_id) if endpoint_id is None else (
         delivery_ids, operation_id, endpoint_id)
-    await redis.enqueue_job("deliver_batch", *args,
+    await redis.enqueue_job(function, *args,
                             _queue_name=bulk_queue_name(), _defer_by=defer_s or None)
 
 
@@ -83,10 +84,11 @@ Command = tuple[str | bytes | int, ...]
 
 
 def bulk_batch_commands(redis: ArqRedis, batches: list[tuple[list[int], float, int]],
-                        operation_id: int) -> list[Command]:
-    """The Redis commands enqueueing one `deliver_batch` job per (delivery ids, defer seconds,
-    their endpoint's id) of a bulk operation, for the caller to send in ONE pipeline with
-    whatever else it writes.
+                        operation_id: int, function: str = "deliver_batch") -> list[Command]:
+    """The Redis commands enqueueing one `function` job (`deliver_batch`: delivery ids;
+    `deliver_entries`: a Retry All's DLQ entry ids) per (ids, defer seconds, their endpoint's
+    id) of a bulk operation, for the caller to send in ONE pipeline with whatever else it
+    writes.
 
     They are those of arq's `enqueue_job` (the job key with its expiry, then its place in the
     queue's sorted set) without its existence check, which only matters for chosen job ids:
@@ -103,7 +105,7 @@ def bulk_batch_commands(redis: ArqRedis, batches: list[tuple[list[int], float, i
     for delivery_ids, defer_s, endpoint_id in batches:
         job_id = uuid.uuid4().hex
         score = now + (round(defer_s * 1000) if defer_s and defer_s > 0 else 0)
-        job = serialize_job("deliver_batch", (delivery_ids, operation_id, endpoint_id), {},
+        job = serialize_job(function, (delivery_ids, operation_id, endpoint_id), {},
                             None, now, serializer=redis.job_serializer)
         commands.append(("PSETEX", job_key_prefix + job_id,
                          score - now + redis.expires_extra_ms, job))

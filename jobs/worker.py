@@ -17,7 +17,8 @@ from arq.worker import func
 from jobs.cron import (arq_cron_jobs, register_cron_jobs, retire_undeclared_cron_jobs,
                        run_cron_job)
 from jobs.attempt import ATTEMPT_DEADLINE_S
-from jobs.deliver import close_context, deliver, deliver_batch, init_context, stop_detached
+from jobs.deliver import (close_context, deliver, deliver_batch, deliver_entries, init_context,
+                          stop_detached)
 from jobs.heartbeats import (WorkerStats, job_ended, job_started, start_heartbeat,
                              stop_heartbeat, worker_id)
 from jobs.http import make_client
@@ -149,7 +150,8 @@ class BulkWorkerSettings:
     """
 
     functions = [func(walk_bulk_operation, name="walk_bulk_operation",
-                      timeout=SEGMENT_S + 60, max_tries=3), _deliver_batch, deliver]
+                      timeout=SEGMENT_S + 60, max_tries=3), _deliver_batch,
+                 func(deliver_entries, name="deliver_entries", keep_result=0), deliver]
     on_startup = bulk_startup
     on_shutdown = shutdown
     on_job_start = job_started

@@ -24,7 +24,9 @@ class BulkOperation(Model):
     failed = fields.IntField(default=0)
     cancelled_count = fields.IntField(default=0)
     skipped = fields.IntField(default=0)  # entries left alone (no longer active, endpoint off)
-    handed = fields.IntField(default=0)  # deliveries created and handed to the fast lane
+    handed = fields.IntField(default=0)  # entries (retry) or deliveries (re-sync) handed out
+    claimed = fields.IntField(default=0)  # retry: entries the bulk lane's jobs claimed
+    late_skipped = fields.IntField(default=0)  # retry: handed out, changed before their job ran
     cursor = fields.IntField(default=0)  # the highest entry id the walker has passed
     canary = fields.JSONField(null=True)  # {"count": N, "max_failure_pct": X}
     canary_passed = fields.BooleanField(default=False)

@@ -4,11 +4,13 @@ are read and controlled (REST, CLI and dashboard call these functions).
     start_retry_all | start_archive_all | start_delete_all | resync.start_resync
         ─► BulkOperation row + Redis hash + ONE audit row + ONE walker job (bulk lane)
     walk_bulk_operation (jobs.operations.bulk_walk, arq job) ─► per batch: read the flags once,
-        then by kind: retry claims entries (CAS active → retrying) and creates their deliveries;
-        re-sync creates one new delivery per message; both hand them to the bulk lane as
-        `deliver_batch` jobs paced per endpoint. Archive and delete act on the batch's entries
-        in the database (one compare-and-set statement), no HTTP.
-    deliver_batch (jobs.deliver) ─► is_cancelling() once per batch, right after its claim;
+        then by kind: retry hands the entries' ids to the bulk lane as `deliver_entries` jobs;
+        re-sync creates one new delivery per message and hands them out as `deliver_batch`
+        jobs; both paced per endpoint. Archive and delete act on the batch's entries in the
+        database (one compare-and-set statement), no HTTP.
+    deliver_entries (jobs.deliver) ─► claims its entries (CAS active → retrying) and creates
+        their deliveries, `running`, unless the operation was cancelled (jobs.operations.
+        bulk_claim). deliver_batch ─► is_cancelling() once per batch, right after its claim.
         record_outcomes bumps the hash once per batch (record_progress) and the last batch
         finishes the operation. After a cancel, the first batch's cancel_queued() cancels
         every queued delivery of the operation (the others find theirs cancelled already)
@@ -19,7 +21,8 @@ retried, archived, failed again — is left alone and counted `skipped`). Figure
 succeeded + failed`; the operation finishes when `completed + cancelled + skipped == total`.
 Entries of a disabled or deleted endpoint are `skipped` by a retry (left active and untouched: a
 retry cannot succeed and would only add noise to their history). A cancel counts the entries
-never handed out, and the queued deliveries it stops, as `cancelled`. Each bulk delivery gets
+never handed out or never claimed by their job, and the queued deliveries it stops, as
+`cancelled`. Each bulk delivery gets
 exactly one attempt (no policy retries), so progress ends.
 
 Live figures are the Redis hash `{namespace}:bulk:{id}` (kept one hour after the end); the row
@@ -357,8 +360,22 @@ async def cancel_operation(operation_id: int, actor: str, *, reason: str | None 
                       cancelled=True)
     await _set_state(redis, op.id, S.CANCELLING)
     await _audit(op, actor, "cancel", reason, was)
+    if op.kind == BulkKind.RETRY:
+        await _cancel_unclaimed(redis, op.id)
     await end_walk(redis, op.id, cancelled=True)  # the walker stops at its next batch
+    await finish_if_complete(redis, op.id)  # nothing was in flight
     return await get_operation(op.id, redis=redis)
+
+
+async def _cancel_unclaimed(redis: Redis, operation_id: int) -> int:
+    """Once the cancel committed: the entries handed out to jobs that had not claimed them
+    yet are `cancelled` (they stay `active`). No job claims after the cancel (its claim
+    locks the operation's row and checks `cancelled`), so the row's figures are final."""
+    op = await _operation(operation_id)
+    unclaimed = max(op.handed - op.claimed - op.late_skipped, 0)
+    if unclaimed:
+        await redis.hincrby(progress_key(operation_id), "cancelled", unclaimed)  # type: ignore[misc]
+    return unclaimed
 
 
 async def pause_operation(operation_id: int, actor: str, *, reason: str | None = None,
@@ -393,6 +410,14 @@ async def _set_state(redis: Redis, operation_id: int, state: BulkState) -> None:
 
 
 # --- progress (called once per batch by jobs.deliver / jobs.outcomes) -------------------------
+
+async def record_late_skips(redis: Redis, operation_id: int, skipped: int) -> None:
+    """A bulk-lane job found `skipped` of its entries changed since they were handed out:
+    count them (finishing the operation when that was all that was left)."""
+    figures = await redis.hincrby(progress_key(operation_id), "skipped", skipped)  # type: ignore[misc]
+    await publish_events(redis, [_event(operation_id, S.RUNNING, {"skipped": int(figures)})])
+    await finish_if_complete(redis, operation_id)
+
 
 async def record_progress(redis: Redis, counts: dict[int, tuple[int, int]],
                           holds: dict[int, dict[int, float]]) -> list[dict[str, Any]]:
@@ -544,10 +569,8 @@ async def end_walk(redis: Redis, operation_id: int, *, cancelled: bool) -> bool:
             await BulkOperation.filter(id=operation_id).update(skipped=op.skipped + untouched)
     key = progress_key(operation_id)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.hset(key, mapping={"handed": op.handed,
-                                "skipped": op.skipped + (0 if cancelled else untouched)})
-        if cancelled:
-            pipe.hincrby(key, "cancelled", untouched)
+        pipe.hset(key, "handed", op.handed)  # `skipped` also has the bulk lane's (late) skips
+        pipe.hincrby(key, "cancelled" if cancelled else "skipped", untouched)
         await pipe.execute()
     await finish_if_complete(redis, operation_id)
     return True

@@ -3,10 +3,10 @@ one batch (step) at a time, reading the operation's flags (cancel, pause) once b
 
 What a batch does depends on the operation's kind:
 
-    retry    claim the entries (CAS active → retrying), create their deliveries and link the
-             entries to them in set-based SQL (jobs.operations.bulk_claim: one statement on
-             PostgreSQL), then hand them to the bulk lane paced per endpoint (canary first,
-             when asked); unpaced, a step takes WALK_BATCH entries
+    retry    read the next entries (still active, unchanged, of an enabled endpoint) and hand
+             their ids to the bulk lane as `deliver_entries` jobs, paced per endpoint (canary
+             first, when asked): each job claims its entries and creates their deliveries
+             (jobs.operations.bulk_claim); unpaced, a step takes WALK_BATCH entries
     resync   create one new delivery per message (linked to the message's active DLQ entry of
              that endpoint, if any) and hand them out paced, like a retry
     archive  one compare-and-set UPDATE of the batch's entries (active/resolved → archived)
@@ -120,7 +120,7 @@ async def walk_bulk_operation(ctx: dict[str, Any], operation_id: int) -> str:
     op = await BulkOperation.get_or_none(id=operation_id)
     if op is None or op.state not in LIVE_STATES or op.walked_at is not None:
         return "nothing_to_do"
-    truth: dict[str, int] = {"handed": op.handed, "skipped": op.skipped}
+    truth: dict[str, int] = {"handed": op.handed, "skipped": op.skipped + op.late_skipped}
     if op.kind in (BulkKind.ARCHIVE, BulkKind.DELETE):  # acted on = completed, no deliveries
         truth |= {"completed": op.handed, "succeeded": op.handed}
     await redis.hset(progress_key(op.id), mapping=truth)  # type: ignore[misc]
@@ -180,19 +180,21 @@ async def _move_cursor(op: BulkOperation, to: int, handed: int, skipped: int) ->
     op.cursor, op.handed, op.skipped = to, op.handed + handed, op.skipped + skipped
 
 
-async def _handed_out(redis: ArqRedis, walk: _Walk, created: list[tuple[int, int]],
-                      flags: dict[str, str], skipped: bool) -> None:
+async def _handed_out(redis: ArqRedis, walk: _Walk, handed: list[tuple[int, int]],
+                      flags: dict[str, str], skipped: int, function: str) -> None:
     """After a delivering batch committed (and `walk.op` holds its figures), in ONE Redis
-    round trip: the figures to the hash, the deliveries to the bulk lane (paced per endpoint,
-    ~BATCH_SIZE per job) and the progress event."""
-    op = walk.op
-    figures = {"handed": op.handed, "skipped": op.skipped}
+    round trip: the figures to the hash (`skipped` is the batch's: the bulk lane's jobs add
+    theirs), the batch to the bulk lane as `function` jobs (paced per endpoint, ~BATCH_SIZE
+    per job) and the progress event."""
+    op, key = walk.op, progress_key(walk.op.id)
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(progress_key(op.id), mapping=figures)
-        for command in [*bulk_batch_commands(redis, _paced(walk, created, flags), op.id),
-                        *publish_commands([_event(op.id, S.RUNNING, figures)])]:
+        pipe.hset(key, "handed", op.handed)
+        pipe.hincrby(key, "skipped", skipped)
+        for command in bulk_batch_commands(redis, _paced(walk, handed, flags), op.id, function):
             pipe.execute_command(*command)
-        await pipe.execute()
+        pipe.hget(key, "skipped")
+        figures = {"handed": op.handed, "skipped": int((await pipe.execute())[-1] or 0)}
+    await publish_events(redis, [_event(op.id, S.RUNNING, figures)])
     if skipped:
         await finish_if_complete(redis, op.id)
 
@@ -204,10 +206,11 @@ async def _retry_batch(redis: ArqRedis, walk: _Walk, flags: dict[str, str], limi
     op = walk.op
     step = await retry_step(op, select(walk.scope).filter(
         id__gt=op.cursor, updated_at__lte=op.started_at).order_by("id").limit(limit
-        ).values_list("id", flat=True))
+        ).values_list("id", "endpoint_id"))
     if step is None:
         return False
-    await _handed_out(redis, walk, step.created, flags, step.taken > len(step.created))
+    await _handed_out(redis, walk, step.handed, flags, step.taken - len(step.handed),
+                      "deliver_entries")
     return True
 
 
@@ -247,13 +250,14 @@ async def _claim(wanted: list[tuple[Any, ...]], op: BulkOperation,
     return [r for r in wanted if r[0] in mine]
 
 
-def _paced(walk: _Walk, created: list[tuple[int, int]],
+def _paced(walk: _Walk, handed: list[tuple[int, int]],
            flags: dict[str, str]) -> list[tuple[list[int], float, int]]:
-    """The deliveries as bulk-lane jobs of up to `chunk` each, per endpoint: (ids, defer s,
-    endpoint id), each endpoint's spread at the rate (and held while it asked to wait)."""
+    """The (entry or delivery id, endpoint id) pairs as bulk-lane jobs of up to `chunk` each,
+    per endpoint: (ids, defer s, endpoint id), each endpoint's spread at the rate (and held
+    while it asked to wait)."""
     by_endpoint: dict[int, list[int]] = {}
-    for delivery_id, endpoint_id in sorted(created):
-        by_endpoint.setdefault(endpoint_id, []).append(delivery_id)
+    for item_id, endpoint_id in sorted(handed):
+        by_endpoint.setdefault(endpoint_id, []).append(item_id)
     now, chunk = time.time(), walk.pacer.chunk
     batches = []
     for endpoint_id, ids in by_endpoint.items():
@@ -273,7 +277,8 @@ async def _judge_canary(redis: ArqRedis, op: BulkOperation) -> bool:
         f = _ints(live)
         if live.get("state") not in (S.RUNNING.value, S.PAUSED.value):
             return True  # cancelled or finished meanwhile: the walk loop sees to it
-        if f["completed"] + f["cancelled"] >= op.handed:
+        late = await BulkOperation.filter(id=op.id).values_list("late_skipped", flat=True)
+        if f["completed"] + f["cancelled"] + late[0] >= op.handed:  # every one handed out ended
             break
         await asyncio.sleep(POLL_S)
     assert op.canary is not None
@@ -324,7 +329,7 @@ async def _resync_batch(redis: ArqRedis, walk: _Walk, flags: dict[str, str], lim
         await _link(conn, [(r[0], by_message[m]) for m, r in linked.items()])
         await _move_cursor(op, ids[-1], len(handed), len(ids) - len(handed))
     await _handed_out(redis, walk, [(d, endpoint_id) for d, _ in created], flags,
-                      len(handed) < len(ids))
+                      len(ids) - len(handed), "deliver_batch")
     return True
 
 
@@ -382,9 +387,32 @@ _BATCHES: dict[BulkKind, Batch] = {
 
 async def resume_walkers(redis: ArqRedis) -> int:
     """On bulk worker start-up: a walker for every operation whose walk was interrupted
-    (worker killed or restarted); the cursor's compare-and-set makes extra walkers harmless."""
+    (worker killed or restarted); the cursor's compare-and-set makes extra walkers harmless.
+    A Retry All whose live hash is gone (Redis lost its data, and with it the jobs) gets the
+    entries it handed out and no job claimed yet handed out again."""
     ids = await BulkOperation.filter(state__in=[S.RUNNING, S.PAUSED, S.CANCELLING],
                                      walked_at=None).values_list("id", flat=True)
     for op_id in ids:
         await redis.enqueue_job("walk_bulk_operation", op_id, _queue_name=bulk_queue_name())
+    for op in await BulkOperation.filter(kind=BulkKind.RETRY, state__in=[S.RUNNING, S.PAUSED],
+                                         cancelled=False):
+        if op.handed > op.claimed + op.late_skipped and not await redis.exists(
+                progress_key(op.id)):
+            await rehand(redis, op)
     return len(ids)
+
+
+async def rehand(redis: ArqRedis, op: BulkOperation) -> int:
+    """Hand out again the entries of a Retry All that were handed out but never claimed (their
+    jobs were lost): still active, unchanged since the start, up to the cursor. A job that
+    still exists and one enqueued here claim each entry once (a compare-and-set). Returns how
+    many entries were handed out again."""
+    walk = _Walk(op, _Pacer(rate_per_endpoint()), time.monotonic())
+    rows = await select(walk.scope).filter(id__lte=op.cursor, updated_at__lte=op.started_at
+                                           ).order_by("id").values_list("id", "endpoint_id")
+    async with redis.pipeline(transaction=False) as pipe:
+        for command in bulk_batch_commands(redis, _paced(walk, list(rows), {}), op.id,
+                                           "deliver_entries"):
+            pipe.execute_command(*command)
+        await pipe.execute()
+    return len(rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime
 
 import pytest
 
@@ -145,29 +146,35 @@ async def test_a_failed_bulk_retry_gets_one_attempt_and_its_entry_goes_back_to_a
         DeliveryStatus.FAILED}
 
 
-async def test_cancel_before_the_batches_start_cancels_their_deliveries(db, redis, receiver,
-                                                                         run_bulk):
+async def test_cancel_before_the_batches_start_cancels_their_entries(db, redis, receiver,
+                                                                       run_bulk):
     await _entries(receiver, 30)
     started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
     op_id = started["operation_id"]
-    await bulk.walk_bulk_operation({"redis": redis}, op_id)  # handed out, nothing delivered
-    assert await DeadLetter.filter(status=DeadLetterStatus.RETRYING).count() == 30
+    await bulk.walk_bulk_operation({"redis": redis}, op_id)  # handed out, nothing claimed
+    assert (await BulkOperation.get(id=op_id)).handed == 30
+    assert await _queued_entries(redis) == 30
 
     view = await bulk.cancel_operation(op_id, "bob", reason="wrong scope", redis=redis)
-    assert view["state"] == "cancelling"
-    await run_bulk()
+    assert view["state"] == "cancelled"  # nothing was in flight: it ends at once
+    await run_bulk()  # the jobs find the operation cancelled and claim nothing
 
     op = await BulkOperation.get(id=op_id)
     assert op.state == BulkState.CANCELLED and op.cancelled
-    assert (op.completed, op.cancelled_count, op.skipped) == (0, 30, 0)
+    assert (op.completed, op.cancelled_count, op.skipped, op.claimed) == (0, 30, 0, 0)
     _adds_up(op)
     assert receiver.hits("/ok") == []
-    assert {d.status for d in await Delivery.filter(bulk_operation_id=op_id)} == {
-        DeliveryStatus.CANCELLED}
+    assert await Delivery.filter(bulk_operation_id=op_id).count() == 0
     entries = await DeadLetter.all()
     assert all(e.status == DeadLetterStatus.ACTIVE and e.retry_count == 0 for e in entries)
     assert [a.action for a in await AuditLog.all().order_by("id")] == [
         "dlq.retry_all", "bulk.cancel"]
+
+
+async def _queued_entries(redis) -> int:
+    """Entries waiting on the bulk lane in `deliver_entries` jobs."""
+    jobs = await redis.queued_jobs(queue_name=bulk_queue_name())
+    return sum(len(j.args[0]) for j in jobs if j.function == "deliver_entries")
 
 
 async def test_cancel_mid_way_stops_new_work_and_leaves_nothing_lost(db, redis, receiver,
@@ -195,8 +202,8 @@ async def test_cancel_mid_way_stops_new_work_and_leaves_nothing_lost(db, redis, 
     active = await DeadLetter.filter(status=DeadLetterStatus.ACTIVE).count()
     assert resolved == op.succeeded and active == op.cancelled_count and resolved + active == 40
     cancelled = await Delivery.filter(status=DeliveryStatus.CANCELLED).count()
-    untouched = 40 - op.handed
-    assert cancelled + untouched == op.cancelled_count
+    untouched, unclaimed = 40 - op.handed, op.handed - op.claimed - op.late_skipped
+    assert cancelled + untouched + unclaimed == op.cancelled_count
     assert await Delivery.filter(bulk_operation_id=op_id, status__in=[
         DeliveryStatus.QUEUED, DeliveryStatus.RUNNING]).count() == 0
 
@@ -269,17 +276,22 @@ async def test_a_second_retry_all_skips_entries_already_being_retried(db, redis,
     assert len(receiver.hits("/ok")) == 20  # nothing delivered twice
     assert await Delivery.filter(bulk_operation_id__not_isnull=True).count() == 20
     ops = [await BulkOperation.get(id=x["operation_id"]) for x in (a, b)]
-    assert sum(op.handed for op in ops) == 20
+    assert sum(op.claimed for op in ops) == 20  # each entry claimed by one of them
     for op in ops:
         assert op.state == BulkState.COMPLETED and op.total == 20
-        assert op.skipped == 20 - op.handed
+        assert op.skipped == 20 - op.claimed == 20 - op.succeeded
         _adds_up(op)
 
 
 async def test_retry_all_over_entries_in_flight_has_nothing_to_retry(db, redis, receiver):
-    await _entries(receiver, 3)
+    from jobs.operations.bulk_claim import claim_entries
+
+    _, entries = await _entries(receiver, 3)
     started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
     await bulk.walk_bulk_operation({"redis": redis}, started["operation_id"])
+    claim = await claim_entries([e.id for e in entries], started["operation_id"], None,
+                                datetime.now(UTC))  # as its bulk-lane job does
+    assert len(claim.deliveries) == 3
 
     with pytest.raises(NothingToRetryError, match="nothing to retry"):
         await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
@@ -297,7 +309,9 @@ async def test_two_walkers_of_one_operation_hand_each_entry_out_once(db, redis, 
     assert "walked" in results
     op = await BulkOperation.get(id=started["operation_id"])
     assert op.handed == 120 and op.skipped == 0 and op.walked_at is not None
-    assert await Delivery.filter(bulk_operation_id=op.id).count() == 120
+    jobs = await redis.queued_jobs(queue_name=bulk_queue_name())
+    handed = [i for j in jobs if j.function == "deliver_entries" for i in j.args[0]]
+    assert sorted(handed) == sorted(set(handed)) and len(handed) == 120
 
 
 async def test_canary_halts_when_too_many_fail_and_resume_overrides_it(db, redis, receiver,

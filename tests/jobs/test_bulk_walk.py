@@ -1,6 +1,7 @@
-"""The Retry All walker's large set-based steps (jobs.operations.bulk_walk, bulk_claim) against
-the real database and Redis: what one step writes, cancels landing mid-step, overlapping
-operations, and the Redis side of a step (jobs, figures, one progress event)."""
+"""The Retry All walker's large steps and its jobs' claims (jobs.operations.bulk_walk,
+bulk_claim) against the real database and Redis: what one step hands out, what one claim
+writes, cancels landing mid-step, overlapping operations, and the Redis side of a step (jobs,
+figures, one progress event)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import asyncio
 import json
 import math
 import time
+from datetime import UTC, datetime
 
 import pytest
 
 from jobs.operations import bulk, bulk_walk
+from jobs.operations.bulk_claim import claim_entries
 from jobs.queue import BATCH_SIZE, bulk_queue_name
 from models.bulk import BulkOperation
 from models.config import get_settings
@@ -49,10 +52,10 @@ async def _many(endpoint: Endpoint, n: int) -> list[int]:
         "id", flat=True))
 
 
-async def _queued(redis) -> list[tuple[list[int], int]]:
-    """The (delivery ids, operation id) of every job waiting on the bulk lane but walkers."""
+async def _queued(redis, function: str = "deliver_entries") -> list[tuple[list[int], int]]:
+    """The (entry or delivery ids, operation id) of every `function` job on the bulk lane."""
     jobs = await redis.queued_jobs(queue_name=bulk_queue_name())
-    return [(j.args[0], j.args[1]) for j in jobs if j.function == "deliver_batch"]
+    return [(j.args[0], j.args[1]) for j in jobs if j.function == function]
 
 
 def _adds_up(op: BulkOperation) -> None:
@@ -60,7 +63,7 @@ def _adds_up(op: BulkOperation) -> None:
     assert op.completed + op.cancelled_count + op.skipped == op.total
 
 
-async def test_one_step_claims_creates_and_links_its_entries(db, redis, receiver):
+async def test_one_step_hands_out_its_entries_without_writing_them(db, redis, receiver):
     endpoint = await make_endpoint(receiver.url("/ok"))
     ids = await _many(endpoint, bulk_walk.WALK_BATCH + 30)
     started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
@@ -72,27 +75,91 @@ async def test_one_step_claims_creates_and_links_its_entries(db, redis, receiver
     row = await BulkOperation.get(id=op.id)
     assert (row.cursor, row.handed, row.skipped) == (ids[bulk_walk.WALK_BATCH - 1],
                                                      bulk_walk.WALK_BATCH, 0)
-    entries = {e.id: e for e in await DeadLetter.filter(id__in=ids)}
-    created = {d.id: d for d in await Delivery.filter(bulk_operation_id=op.id)}
-    assert len(created) == bulk_walk.WALK_BATCH
-    for entry_id in ids[:bulk_walk.WALK_BATCH]:
-        entry = entries[entry_id]
-        assert (entry.status, entry.retry_count) == (DeadLetterStatus.RETRYING, 1)
-        new = created[entry.last_retry_delivery_id]  # type: ignore[attr-defined]
-        assert (new.status, new.retry_of_id, new.message_id, new.endpoint_id) == (  # type: ignore[attr-defined]
-            DeliveryStatus.QUEUED, entry.delivery_id, entry.message_id, endpoint.id)  # type: ignore[attr-defined]
-        assert new.metadata["__retry_metadata"] == {
-            "original_delivery_id": entry.delivery_id, "dead_letter_id": entry.id,  # type: ignore[attr-defined]
-            "retry_count": 1, "sandbox": False, "bulk_operation_id": op.id}
-    assert all(entries[i].status == DeadLetterStatus.ACTIVE
-               for i in ids[bulk_walk.WALK_BATCH:])
-    # the bulk lane got every delivery once, in jobs of BATCH_SIZE, and the hash the figures
+    assert set(await DeadLetter.filter(id__in=ids).values_list("status", "retry_count")) == {
+        (DeadLetterStatus.ACTIVE, 0)}  # the jobs claim them
+    assert await Delivery.filter(bulk_operation_id=op.id).count() == 0
+    # the bulk lane got every entry once, in jobs of BATCH_SIZE, and the hash the figures
     queued = await _queued(redis)
-    assert sorted(d for batch, _ in queued for d in batch) == sorted(created)
+    assert sorted(e for batch, _ in queued for e in batch) == ids[:bulk_walk.WALK_BATCH]
     assert len(queued) == math.ceil(bulk_walk.WALK_BATCH / BATCH_SIZE)
     assert {op_id for _, op_id in queued} == {op.id}
     live = await redis.hgetall(bulk.progress_key(op.id))
     assert (int(live[b"handed"]), int(live[b"skipped"])) == (bulk_walk.WALK_BATCH, 0)
+
+
+async def test_a_jobs_claim_creates_running_deliveries_and_links_its_entries(db, redis,
+                                                                           receiver):
+    endpoint = await make_endpoint(receiver.url("/ok"))
+    ids = await _many(endpoint, 80)
+    started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
+    op_id = started["operation_id"]
+    await bulk.walk_bulk_operation({"redis": redis}, op_id)
+    mine, later = ids[:50], ids[50:]
+
+    claim = await claim_entries(mine, op_id, "agent-1", datetime.now(UTC))
+
+    assert claim.open and claim.late_skipped == 0
+    assert [d.metadata["__retry_metadata"]["dead_letter_id"] for d in claim.deliveries] == mine
+    entries = {e.id: e for e in await DeadLetter.filter(id__in=ids)}
+    created = {d.id: d for d in await Delivery.filter(bulk_operation_id=op_id)}
+    assert sorted(created) == [d.id for d in claim.deliveries]
+    for entry_id in mine:
+        entry = entries[entry_id]
+        assert (entry.status, entry.retry_count) == (DeadLetterStatus.RETRYING, 1)
+        new = created[entry.last_retry_delivery_id]  # type: ignore[attr-defined]
+        assert (new.status, new.attempts, new.claimed_by) == (DeliveryStatus.RUNNING, 1,
+                                                              "agent-1")
+        assert (new.retry_of_id, new.message_id, new.endpoint_id) == (  # type: ignore[attr-defined]
+            entry.delivery_id, entry.message_id, endpoint.id)  # type: ignore[attr-defined]
+        assert new.metadata["__retry_metadata"] == {
+            "original_delivery_id": entry.delivery_id, "dead_letter_id": entry.id,  # type: ignore[attr-defined]
+            "retry_count": 1, "sandbox": False, "bulk_operation_id": op_id}
+    assert all(entries[i].status == DeadLetterStatus.ACTIVE for i in later)
+    row = await BulkOperation.get(id=op_id)
+    assert (row.handed, row.claimed, row.late_skipped) == (80, 50, 0)
+
+    again = await claim_entries(mine, op_id, None, datetime.now(UTC))  # a duplicate job
+
+    assert (again.deliveries, again.late_skipped) == ([], 0)  # its own: not skipped
+    assert await Delivery.filter(bulk_operation_id=op_id).count() == 50
+
+
+async def test_a_claim_skips_entries_changed_since_they_were_handed_out(db, redis, receiver):
+    endpoint = await make_endpoint(receiver.url("/ok"))
+    ids = await _many(endpoint, 10)
+    started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
+    op_id = started["operation_id"]
+    await bulk.walk_bulk_operation({"redis": redis}, op_id)
+    await DeadLetter.filter(id__in=ids[:3]).update(status=DeadLetterStatus.ARCHIVED)
+
+    claim = await claim_entries(ids, op_id, None, datetime.now(UTC))
+
+    assert (len(claim.deliveries), claim.late_skipped) == (7, 3)
+    row = await BulkOperation.get(id=op_id)
+    assert (row.claimed, row.late_skipped) == (7, 3)
+    again = await claim_entries(ids, op_id, None, datetime.now(UTC))
+    assert (again.deliveries, again.late_skipped) == ([], 0)  # never counted twice
+    assert (await BulkOperation.get(id=op_id)).late_skipped == 3
+
+
+async def test_no_claim_after_a_cancel_and_the_cancel_counts_what_was_never_claimed(
+        db, redis, receiver):
+    endpoint = await make_endpoint(receiver.url("/ok"))
+    ids = await _many(endpoint, 30)
+    started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
+    op_id = started["operation_id"]
+    await bulk.walk_bulk_operation({"redis": redis}, op_id)
+    first = await claim_entries(ids[:10], op_id, None, datetime.now(UTC))
+    assert len(first.deliveries) == 10
+
+    view = await bulk.cancel_operation(op_id, "bob", redis=redis)
+    late = await claim_entries(ids[10:], op_id, None, datetime.now(UTC))
+
+    assert not late.open and late.deliveries == [] and late.late_skipped == 0
+    assert view["state"] == "cancelling" and view["cancelled"] == 20  # 10 still in flight
+    assert await DeadLetter.filter(id__in=ids[10:], status=DeadLetterStatus.ACTIVE,
+                                   retry_count=0).count() == 20
+    assert await Delivery.filter(bulk_operation_id=op_id).count() == 10
 
 
 async def test_a_step_publishes_one_progress_event(db, redis, receiver):
@@ -139,6 +206,7 @@ async def test_cancel_during_a_large_step_stops_the_walker_within_that_step(
     assert stopped_after < 1.0
     op = await BulkOperation.get(id=op_id)
     assert op.handed in (0, bulk_walk.WALK_BATCH)  # the step in flight, nothing after it
+    assert op.claimed == 0
     await run_bulk()
 
     op = await BulkOperation.get(id=op_id)
@@ -164,6 +232,15 @@ async def test_overlapping_retry_alls_claim_and_enqueue_each_entry_once(db, redi
                                      for x in (a, b, a, b)))  # a second walker of each too
 
     assert "walked" in results and set(results) <= {"walked", "completed", "superseded"}
+    for x in (a, b):  # each operation handed every entry out once, whichever walker did
+        queued = [e for batch, op_id in await _queued(redis) if op_id == x["operation_id"]
+                  for e in batch]
+        assert sorted(queued) == ids
+        assert (await BulkOperation.get(id=x["operation_id"])).handed == len(ids)
+
+    await run_bulk()
+
+    assert len(receiver.hits("/ok")) == len(ids)  # each entry claimed by one of them
     deliveries = await Delivery.filter(bulk_operation_id__not_isnull=True).values_list(
         "id", "retry_of_id")
     assert len(deliveries) == len(ids)
@@ -171,17 +248,11 @@ async def test_overlapping_retry_alls_claim_and_enqueue_each_entry_once(db, redi
         "delivery_id", "last_retry_delivery_id", "retry_count")
     assert sorted((o, d) for d, o in deliveries) == sorted((o, d) for o, d, _ in entries)
     assert {count for _, _, count in entries} == {1}
-    queued = [d for batch, _ in await _queued(redis) for d in batch]
-    assert sorted(queued) == sorted(d for d, _ in deliveries)  # none enqueued twice
     ops = [await BulkOperation.get(id=x["operation_id"]) for x in (a, b)]
-    assert sum(op.handed for op in ops) == len(ids)
-    assert all(op.handed + op.skipped == len(ids) for op in ops)
-
-    await run_bulk()
-
-    assert len(receiver.hits("/ok")) == len(ids)
-    for op in [await BulkOperation.get(id=x["operation_id"]) for x in (a, b)]:
+    assert sum(op.claimed for op in ops) == len(ids)
+    for op in ops:
         assert op.state == BulkState.COMPLETED
+        assert (op.succeeded, op.skipped) == (op.claimed, len(ids) - op.claimed)
         _adds_up(op)
     assert await DeadLetter.filter(status=DeadLetterStatus.RESOLVED).count() == len(ids)
 
@@ -200,23 +271,22 @@ async def test_a_step_skips_entries_changed_since_the_start_and_of_disabled_endp
 
     op = await BulkOperation.get(id=started["operation_id"])
     assert (op.handed, op.skipped) == (35, 15)
-    statuses = dict(await DeadLetter.all().values_list("id", "status"))
-    assert {statuses[i] for i in ids[5:]} == {DeadLetterStatus.RETRYING}
-    assert {statuses[i] for i in off} == {DeadLetterStatus.ACTIVE}
-    assert {statuses[i] for i in ids[:5]} == {DeadLetterStatus.ARCHIVED}
-    assert await Delivery.filter(bulk_operation_id=op.id).count() == 35
+    assert sorted(e for batch, _ in await _queued(redis) for e in batch) == ids[5:]
 
 
 async def test_the_first_batch_after_a_cancel_cancels_every_queued_delivery_once(
         db, redis, receiver, run_bulk, monkeypatch):
+    """A re-sync hands out queued deliveries (a Retry All hands out entries)."""
+    from jobs.operations.resync import start_resync
+
     monkeypatch.setattr(bulk, "SWEEP_CHUNK", 700)  # a few chunks
     endpoint = await make_endpoint(receiver.url("/ok"))
-    ids = await _many(endpoint, 2500)
-    started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
+    ids = await _many(endpoint, 2500)  # one message each, their entries active
+    started = await start_resync(endpoint.id, "root", redis=redis)
     op_id = started["operation_id"]
     await bulk.walk_bulk_operation({"redis": redis}, op_id)  # all handed out, none delivered
     await bulk.cancel_operation(op_id, "bob", redis=redis)
-    queued = await _queued(redis)
+    queued = await _queued(redis, "deliver_batch")
 
     first, _ = queued[0]
     assert await bulk.cancel_queued(redis, op_id, first) == len(ids)

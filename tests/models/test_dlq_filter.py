@@ -235,7 +235,7 @@ async def test_status_changes_leave_the_search_rows_alone(db):
         return [r["v"] for r in entries], [r["v"] for r in search]
 
     entries_before, search_before = await versions()
-    await conn.execute_query(  # as the walker's claim (jobs.operations.bulk_claim)
+    await conn.execute_query(  # as a Retry All job's claim (jobs.operations.bulk_claim)
         f"UPDATE dead_letter SET status = 'retrying', retry_count = retry_count + 1, "
         f"updated_at = now() WHERE id {where}")
     await DeadLetter.filter(id__in=ids).update(status=S.RESOLVED)  # as jobs.outcomes
