@@ -35,6 +35,7 @@ from jobs.cron_watch import record_missed, watch_cron
 from jobs.deliver import recover_stale_running
 from jobs.events import publish_event
 from jobs.metrics import note_cron_drift
+from jobs.operations.bulk_walk import recover_lost
 from jobs.queue import BATCH_SIZE, enqueue_bulk_batch, enqueue_delivery
 from models.cron import TRIGGER_SCHEDULE, CronJob, CronRun
 from models.dead_letters import DeadLetter
@@ -76,8 +77,9 @@ def default_grace(expression: str) -> float:
 
 
 async def reconcile_deliveries(ctx: dict[str, Any]) -> dict[str, int]:
-    """Re-enqueue deliveries that are due but may have no job in Redis, and recover those
-    stuck `running` because their worker died.
+    """Re-enqueue deliveries that are due but may have no job in Redis, recover those stuck
+    `running` because their worker died, and Retry Alls whose live state Redis lost
+    (jobs.operations.bulk_walk.recover_lost).
 
     Enqueueing is idempotent (job id `{delivery_id}:{attempt}`), so a delivery whose job still
     exists is left alone by arq.
@@ -99,7 +101,9 @@ async def reconcile_deliveries(ctx: dict[str, Any]) -> dict[str, int]:
         for start in range(0, len(ids), BATCH_SIZE):
             await enqueue_bulk_batch(ctx["redis"], ids[start:start + BATCH_SIZE], operation_id)
     recovered = await recover_stale_running(ctx)
-    return {"requeued": len(queued) + len(retrying), "recovered": recovered}
+    operations = await recover_lost(ctx["redis"])  # Retry Alls whose jobs Redis lost
+    return {"requeued": len(queued) + len(retrying), "recovered": recovered,
+            "operations": operations}
 
 
 def retention_days(name: str = "DLQ_RETENTION_DAYS", default: float = 30.0) -> float:

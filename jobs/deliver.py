@@ -325,10 +325,8 @@ async def deliver_batch(ctx: dict[str, Any], delivery_ids: list[int],
     """
     gate = None
     if endpoint_id is not None:
-        gate = _claim_gate(ctx, endpoint_id)
-        if not await gate.take(len(delivery_ids), CLAIM_WAIT_S):
-            await enqueue_bulk_batch(ctx["redis"], delivery_ids, operation_id, CLAIM_REQUEUE_S,
-                                     endpoint_id=endpoint_id)
+        if (gate := await _admitted(ctx, delivery_ids, operation_id, endpoint_id,
+                                    "deliver_batch")) is None:
             return {"claimed": 0, "requeued": len(delivery_ids)}
     try:
         deliveries = await claim(delivery_ids, ctx.get("agent_id"))
@@ -360,10 +358,8 @@ async def deliver_entries(ctx: dict[str, Any], entry_ids: list[int], operation_i
     the operation is cancelled (jobs.operations.bulk_claim), then delivers them. Entries
     changed since they were handed out are counted `skipped`.
     """
-    gate = _claim_gate(ctx, endpoint_id)
-    if not await gate.take(len(entry_ids), CLAIM_WAIT_S):
-        await enqueue_bulk_batch(ctx["redis"], entry_ids, operation_id, CLAIM_REQUEUE_S,
-                                 endpoint_id=endpoint_id, function="deliver_entries")
+    if (gate := await _admitted(ctx, entry_ids, operation_id, endpoint_id,
+                                "deliver_entries")) is None:
         return {"claimed": 0, "requeued": len(entry_ids)}
     try:
         taken = await claim_entries(entry_ids, operation_id, ctx.get("agent_id"),
@@ -380,6 +376,18 @@ async def deliver_entries(ctx: dict[str, Any], entry_ids: list[int], operation_i
     if not deliveries:
         return {"claimed": 0, "skipped": taken.late_skipped, "refused": int(not taken.open)}
     return {"claimed": len(deliveries), **await run_claimed(ctx, deliveries, gate=gate)}
+
+
+async def _admitted(ctx: dict[str, Any], ids: list[int], operation_id: int | None,
+                    endpoint_id: int, function: str) -> ClaimGate | None:
+    """The endpoint's claim gate once it admitted the job's `ids`; None when it did not within
+    `CLAIM_WAIT_S`: the job (`function`) then went back to the queue, deferred."""
+    gate = _claim_gate(ctx, endpoint_id)
+    if await gate.take(len(ids), CLAIM_WAIT_S):
+        return gate
+    await enqueue_bulk_batch(ctx["redis"], ids, operation_id, CLAIM_REQUEUE_S,
+                             endpoint_id=endpoint_id, function=function)
+    return None
 
 
 def _claim_limit(max_in_flight: int | None) -> int:

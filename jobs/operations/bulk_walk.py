@@ -33,6 +33,7 @@ from typing import Any
 from arq.connections import ArqRedis
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.expressions import F
+from tortoise.functions import Count
 from tortoise.transactions import in_transaction
 
 from jobs import audit
@@ -388,18 +389,40 @@ _BATCHES: dict[BulkKind, Batch] = {
 async def resume_walkers(redis: ArqRedis) -> int:
     """On bulk worker start-up: a walker for every operation whose walk was interrupted
     (worker killed or restarted); the cursor's compare-and-set makes extra walkers harmless.
-    A Retry All whose live hash is gone (Redis lost its data, and with it the jobs) gets the
-    entries it handed out and no job claimed yet handed out again."""
+    Retry Alls that Redis forgot are recovered first (`recover_lost`)."""
+    await recover_lost(redis)
     ids = await BulkOperation.filter(state__in=[S.RUNNING, S.PAUSED, S.CANCELLING],
                                      walked_at=None).values_list("id", flat=True)
     for op_id in ids:
         await redis.enqueue_job("walk_bulk_operation", op_id, _queue_name=bulk_queue_name())
-    for op in await BulkOperation.filter(kind=BulkKind.RETRY, state__in=[S.RUNNING, S.PAUSED],
-                                         cancelled=False):
-        if op.handed > op.claimed + op.late_skipped and not await redis.exists(
-                progress_key(op.id)):
-            await rehand(redis, op)
     return len(ids)
+
+
+async def recover_lost(redis: ArqRedis) -> int:
+    """Running (or paused) Retry Alls whose live hash is gone — Redis lost its data, and with
+    it their jobs: rebuild the hash from the database (succeeded, failed and cancelled counted
+    from the operation's deliveries), hand out again the entries handed out but never claimed
+    (`rehand`) and restart the walker if its walk was not over. Run by the reconciler (cron)
+    and on bulk worker start-up; returns how many operations it recovered."""
+    recovered = 0
+    for op in await BulkOperation.filter(kind=BulkKind.RETRY, state__in=[S.RUNNING, S.PAUSED]):
+        key = progress_key(op.id)
+        if await redis.hexists(key, "total"):  # type: ignore[misc]
+            continue
+        rows = await Delivery.filter(bulk_operation_id=op.id).annotate(n=Count("id")).group_by(
+            "status").values_list("status", "n")
+        by_status = {DeliveryStatus(status): n for status, n in rows}
+        ok, bad = by_status.get(DeliveryStatus.SUCCEEDED, 0), by_status.get(DeliveryStatus.FAILED, 0)
+        await redis.hset(key, mapping={  # type: ignore[misc]
+            "total": op.total, "handed": op.handed, "skipped": op.skipped + op.late_skipped,
+            "completed": ok + bad, "succeeded": ok, "failed": bad,
+            "cancelled": by_status.get(DeliveryStatus.CANCELLED, 0), "state": op.state.value})
+        if op.handed > op.claimed + op.late_skipped:
+            await rehand(redis, op)
+        if op.walked_at is None:
+            await redis.enqueue_job("walk_bulk_operation", op.id, _queue_name=bulk_queue_name())
+        recovered += 1
+    return recovered
 
 
 async def rehand(redis: ArqRedis, op: BulkOperation) -> int:

@@ -417,7 +417,7 @@ async def test_reason_can_be_made_mandatory(db, redis, receiver, monkeypatch):
 async def test_a_bulk_worker_claims_only_a_few_batches_beyond_its_endpoints_cap(
         db, redis, receiver, run_bulk):
     # 300 entries, six jobs of 50 at once, an endpoint taking one at a time: the worker holds
-    # its cap and two batches claimed, the rest wait unclaimed (`queued`)
+    # its cap and two batches claimed, the rest wait unclaimed
     from jobs import deliver
 
     receiver.script("/ok", Reply(delay_s=0.005))
@@ -526,3 +526,37 @@ async def test_deliveries_waiting_for_their_endpoints_slot_do_not_start_after_a_
                for d in await Delivery.filter(bulk_operation_id=op_id))
     active = await DeadLetter.filter(status=DeadLetterStatus.ACTIVE).count()
     assert active == op.cancelled_count
+
+
+async def test_a_retry_all_whose_jobs_redis_lost_is_recovered_and_finishes(db, redis, receiver,
+                                                                         run_bulk):
+    from jobs import deliver
+    from jobs.cron import reconcile_deliveries
+    from jobs.http import make_client
+
+    _, entries = await _entries(receiver, 120)
+    started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
+    op_id = started["operation_id"]
+    await bulk.walk_bulk_operation({"redis": redis}, op_id)  # every entry handed out in jobs
+    job = next(j for j in await redis.queued_jobs(queue_name=bulk_queue_name())
+               if j.function == "deliver_entries")
+    async with make_client() as client:  # one job ran before Redis lost its data
+        ctx = {"redis": redis, "http": client}
+        deliver.init_context(ctx)
+        assert (await deliver.deliver_entries(ctx, *job.args))["claimed"] == len(job.args[0])
+        await deliver.close_context(ctx)
+    await redis.flushdb()  # Redis restarted without persistence: the jobs and the live hash
+
+    assert (await reconcile_deliveries({"redis": redis}))["operations"] == 1
+
+    live = await _live(redis, op_id)
+    assert (live["total"], live["succeeded"], live["completed"]) == (120, len(job.args[0]),
+                                                                     len(job.args[0]))
+    assert (await reconcile_deliveries({"redis": redis}))["operations"] == 0  # once
+    await run_bulk()
+
+    op = await BulkOperation.get(id=op_id)
+    assert op.state == BulkState.COMPLETED and op.succeeded == 120
+    _adds_up(op)
+    assert len(receiver.hits("/ok")) == 120  # none twice
+    assert await DeadLetter.filter(status=DeadLetterStatus.RESOLVED).count() == 120

@@ -404,7 +404,8 @@ async def test_reconciler_requeues_due_deliveries_after_redis_lost_them(db, redi
     assert await redis.zcard(queue_name()) == 0
     await Delivery.filter(id=delivery_id).update(created_at=datetime.now(UTC) - timedelta(minutes=5))
 
-    assert await reconcile_deliveries({"redis": redis}) == {"requeued": 1, "recovered": 0}
+    assert await reconcile_deliveries({"redis": redis}) == {"requeued": 1, "recovered": 0,
+                                                           "operations": 0}
     assert await redis.zcard(queue_name()) == 1
     assert (await Delivery.get(id=delivery_id)).status == DeliveryStatus.QUEUED
     # a second sweep while the job exists enqueues nothing new
@@ -414,13 +415,14 @@ async def test_reconciler_requeues_due_deliveries_after_redis_lost_them(db, redi
 
 async def test_reconciler_hands_lost_bulk_deliveries_back_to_the_bulk_lane(db, redis):
     endpoint = await make_endpoint("http://127.0.0.1:9/hook")
-    op = await BulkOperation.create(kind=BulkKind.RETRY, actor="ops", total=2)
+    op = await BulkOperation.create(kind=BulkKind.RESYNC, actor="ops", total=2)
     message = await Message.create(app_id=endpoint.app_id, event_type="x", payload={})
     ids = [(await Delivery.create(message=message, endpoint=endpoint, bulk_operation=op)).id
            for _ in range(2)]
     await Delivery.filter(id__in=ids).update(created_at=datetime.now(UTC) - timedelta(minutes=5))
 
-    assert await reconcile_deliveries({"redis": redis}) == {"requeued": 2, "recovered": 0}
+    assert await reconcile_deliveries({"redis": redis}) == {"requeued": 2, "recovered": 0,
+                                                           "operations": 0}
 
     assert await redis.zcard(queue_name()) == 0  # not the live lane: no pacing, no cancel check
     [job] = await redis.queued_jobs(queue_name=bulk_queue_name())
