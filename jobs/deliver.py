@@ -146,8 +146,9 @@ async def attempt_one(ctx: dict[str, Any], delivery: Delivery) -> Finished:
     return Finished(delivery, result, span=span)
 
 
-#: how long a worker trusts what it read of a bulk operation's cancel flag (per operation)
-CANCEL_FLAG_TTL_S = 0.05
+#: how long a worker trusts what it read of a bulk operation's cancel flag (per operation; a
+#: cancel answers no sooner than this after setting the flag: bulk.cancel_operation)
+CANCEL_FLAG_TTL_S = bulk.CANCEL_FLAG_TTL_S
 
 
 async def _operation_cancelled(ctx: dict[str, Any], operation_id: int) -> bool:

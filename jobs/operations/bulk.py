@@ -33,6 +33,8 @@ second walker of the same operation stops at its first batch.
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -61,6 +63,9 @@ S = BulkState
 LIVE_STATES = (S.RUNNING, S.PAUSED, S.HALTED, S.CANCELLING)  # not finished yet
 FIGURES = ("total", "completed", "succeeded", "failed", "cancelled", "skipped")
 HASH_TTL_S = 3600  # the live hash outlives its operation by an hour
+#: how long a worker trusts what it read of an operation's cancel flag (jobs.deliver): a cancel
+#: answers no sooner than this after setting the flag, so nothing starts after its answer
+CANCEL_FLAG_TTL_S = 0.05
 
 #: the entry statuses each DLQ kind acts on: a retry takes active entries; archive follows
 #: jobs.operations.dlq.TRANSITIONS (active or resolved → archived); delete takes any entry
@@ -359,11 +364,15 @@ async def cancel_operation(operation_id: int, actor: str, *, reason: str | None 
     await _transition(op, (S.RUNNING, S.PAUSED, S.HALTED), S.CANCELLING, "cancelled",
                       cancelled=True)
     await _set_state(redis, op.id, S.CANCELLING)
+    flag_set = time.monotonic()
     await _audit(op, actor, "cancel", reason, was)
     if op.kind == BulkKind.RETRY:
         await _cancel_unclaimed(redis, op.id)
     await end_walk(redis, op.id, cancelled=True)  # the walker stops at its next batch
     await finish_if_complete(redis, op.id)  # nothing was in flight
+    # a worker may trust a read of the flag from just before it was set for CANCEL_FLAG_TTL_S:
+    # once this answers, no delivery waiting for its endpoint's slot starts any more
+    await asyncio.sleep(max(flag_set + CANCEL_FLAG_TTL_S - time.monotonic(), 0.0))
     return await get_operation(op.id, redis=redis)
 
 

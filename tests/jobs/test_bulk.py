@@ -497,6 +497,28 @@ async def test_bulk_deliveries_asking_at_once_share_one_read_of_the_cancel_flag(
     assert await deliver._operation_cancelled(ctx, 7) is True and reads == 2
 
 
+async def test_once_a_cancel_answered_no_worker_trusts_an_earlier_read_of_its_flag(
+        db, redis, receiver):
+    # a worker read the flag (not cancelled) just before the cancel: the cancel answers only
+    # once that read may no longer be trusted, so no delivery starts after the answer
+    from jobs import deliver
+    from jobs.operations.bulk_claim import claim_entries
+
+    _, entries = await _entries(receiver, 3)
+    started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
+    op_id = started["operation_id"]
+    await bulk.walk_bulk_operation({"redis": redis}, op_id)
+    claim = await claim_entries([e.id for e in entries], op_id, None, datetime.now(UTC))
+    assert len(claim.deliveries) == 3  # claimed, waiting for their endpoint's slot
+    ctx = {"redis": redis, "shared": {}}
+    assert await deliver._operation_cancelled(ctx, op_id) is False
+
+    view = await bulk.cancel_operation(op_id, "bob", redis=redis)
+
+    assert view["state"] == "cancelling"
+    assert await deliver._operation_cancelled(ctx, op_id) is True
+
+
 async def test_deliveries_waiting_for_their_endpoints_slot_do_not_start_after_a_cancel(
         db, redis, receiver, run_bulk):
     # one batch claims all ten, but the endpoint takes one at a time, 0.3 s each: after the
