@@ -117,12 +117,14 @@ async def receiver() -> AsyncIterator:
 @pytest_asyncio.fixture
 async def run_worker(redis, db) -> AsyncIterator:
     """`await run_worker()` runs a burst arq worker with the real settings until the queue is
-    empty (deferred retries included), on the test Redis and database."""
+    empty (deferred retries included), on the test Redis and database, as
+    `python -m jobs.run_worker` runs it (jobs.run_worker.ObservatoryWorker)."""
     from arq.worker import Worker
 
     from jobs.deliver import close_context, init_context, stop_detached
     from jobs.http import make_client
     from jobs.queue import redis_settings
+    from jobs.run_worker import ObservatoryWorker
     from jobs.worker import WorkerSettings
 
     clients = []
@@ -148,7 +150,7 @@ async def run_worker(redis, db) -> AsyncIterator:
             on_shutdown=shutdown,
             max_tries=WorkerSettings.max_tries, job_timeout=WorkerSettings.job_timeout,
             handle_signals=False)
-        worker = Worker(**{**settings, **overrides})
+        worker = ObservatoryWorker(**{**settings, **overrides})
         try:
             await worker.main()
         finally:
