@@ -195,6 +195,10 @@ ORDER BY c.id
 """
 
 #: SQLite: `{ids}` are integers (the job's arguments, checked as such)
+#: the operation, while it is not cancelled, written (so the write lock is ours) and read at once
+_SQLITE_OPEN = ("UPDATE bulk_operation SET claimed = claimed WHERE id = ? AND NOT cancelled"
+                " RETURNING started_at, handed, claimed, late_skipped")
+_SQLITE_COUNT = "UPDATE bulk_operation SET claimed = claimed + ?, late_skipped = ? WHERE id = ?"
 _SQLITE_CLAIM = """
 UPDATE dead_letter SET status = ?, retry_count = retry_count + 1, updated_at = ?
 WHERE id IN ({ids}) AND status = ? AND updated_at <= ?
@@ -258,12 +262,13 @@ async def _sqlite_claim_entries(ids: list[int], operation_id: int, token: str,
     listed = ", ".join(map(str, ids))
     async with in_transaction() as tx:
         # the first write takes the write lock: a cancel commits before it or waits for us
-        if not await BulkOperation.filter(id=operation_id, cancelled=False).update(
-                claimed=F("claimed")):
+        found = await tx.execute_query_dict(_SQLITE_OPEN, [operation_id])
+        if not found:
             return Claim([], 0, open=False)
-        op = await BulkOperation.get(id=operation_id)
+        op = found[0]
         claimed = await tx.execute_query_dict(_SQLITE_CLAIM.format(ids=listed), [
-            DeadLetterStatus.RETRYING.value, now, DeadLetterStatus.ACTIVE.value, op.started_at])
+            DeadLetterStatus.RETRYING.value, now, DeadLetterStatus.ACTIVE.value,
+            op["started_at"]])
         rows = []
         if claimed:
             mine = ", ".join(str(int(r["id"])) for r in claimed)
@@ -271,17 +276,18 @@ async def _sqlite_claim_entries(ids: list[int], operation_id: int, token: str,
                 DeliveryStatus.RUNNING.value, operation_id, token, agent_id, operation_id,
                 now, now])
             await tx.execute_query(_SQLITE_LINK, [token])
-        ours = {r["id"] for r in await tx.execute_query_dict(
-            _SQLITE_OURS.format(ids=listed), [operation_id])}
-        lost = len(set(ids) - ours)
-        late = min(op.late_skipped + lost,
-                   max(op.handed - op.claimed - len(rows), op.late_skipped))
-        await BulkOperation.filter(id=operation_id).update(
-            claimed=op.claimed + len(rows), late_skipped=late)
+        lost = 0
+        if len(claimed) < len(ids):  # else every entry is this claim's own
+            ours = {r["id"] for r in await tx.execute_query_dict(
+                _SQLITE_OURS.format(ids=listed), [operation_id])}
+            lost = len(set(ids) - ours)
+        late = min(op["late_skipped"] + lost,
+                   max(op["handed"] - op["claimed"] - len(rows), op["late_skipped"]))
+        await tx.execute_query(_SQLITE_COUNT, [len(rows), late, operation_id])
         messages = await _messages(tx, {r["message_id"] for r in rows}) if rows else {}
     deliveries = [ClaimedDelivery(
         id=r["id"], attempts=r["attempts"], message=messages[r["message_id"]],
         endpoint_id=r["endpoint_id"], bulk_operation_id=r["bulk_operation_id"],
         metadata=_as_json(r["metadata"])) for r in rows]
     deliveries.sort(key=lambda d: d.id)
-    return Claim(deliveries, late - op.late_skipped, open=True)
+    return Claim(deliveries, late - op["late_skipped"], open=True)
