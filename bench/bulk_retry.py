@@ -47,7 +47,7 @@ from typing import Any
 
 import httpx
 
-from bench.deliveries import _Usage
+from bench.deliveries import _Usage, _per, _redis_calls
 from bench._common import (Fill, FillSpec, Stack, as_datetime, describe, fill_dlq,
                            http_poster, make_endpoints, make_token, open_db, p95, server_settings,
                            stack)
@@ -171,25 +171,6 @@ async def engine_run(b: Bench, workers: list[Any]) -> list[Any]:
     if bulk_rate := getattr(b, "bulk_rate", None):
         b.report("bulk / engine, deliveries/s", f"{bulk_rate / rate:.2f}", ">= 0.8")
     return workers
-
-
-async def _redis_calls() -> dict[str, int]:
-    """Calls so far of each Redis command on the bench's Redis (INFO commandstats)."""
-    from jobs.queue import connect
-
-    redis = await connect()
-    try:
-        stats = await redis.info("commandstats")
-    finally:
-        await redis.aclose()
-    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
-
-
-def _per(before: dict[str, int], after: dict[str, int], n: int, top: int = 8) -> str:
-    """The `top` commands by calls per delivery between two `_redis_calls` readings."""
-    calls = {k: (v - before.get(k, 0)) / n for k, v in after.items()}
-    ranked = sorted(calls.items(), key=lambda kv: -kv[1])[:top]
-    return f"{sum(calls.values()):.2f} in all: " + ", ".join(f"{k} {v:.2f}" for k, v in ranked)
 
 
 def _by_process(before: dict[str, float], after: dict[str, float], n: int) -> str:

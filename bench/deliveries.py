@@ -49,6 +49,10 @@ class _Usage:
         idle = (now.idle + now.iowait) - (self.machine.idle + self.machine.iowait)
         total = sum(now) - sum(self.machine)
         text = f"machine busy {100 * (1 - idle / total):.0f}%"
+        if steal := getattr(now, "steal", 0.0) - getattr(self.machine, "steal", 0.0):
+            # time this VM's cores were taken by its host: figures of runs with much of it
+            # are not comparable with those of runs without
+            text += f" (stolen by the host {100 * steal / total:.0f}%)"
         if RECEIVER and self.receiver:
             spent = sum(RECEIVER.cpu_times()[:2]) - sum(self.receiver[:2])
             text += f", receiver {spent / deliveries * 1e6:,.0f} µs CPU per delivery"
@@ -64,6 +68,25 @@ def _postgres_cpu_s() -> float:
         if proc.info["name"] in ("postgres", "postmaster") and proc.info["cpu_times"]:
             total += proc.info["cpu_times"].user + proc.info["cpu_times"].system
     return total
+
+
+async def _redis_calls() -> dict[str, int]:
+    """Calls so far of each Redis command on the bench's Redis (INFO commandstats)."""
+    from jobs.queue import connect
+
+    redis = await connect()
+    try:
+        stats = await redis.info("commandstats")
+    finally:
+        await redis.aclose()
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def _per(before: dict[str, int], after: dict[str, int], n: int, top: int = 8) -> str:
+    """The `top` commands by calls per delivery between two `_redis_calls` readings."""
+    calls = {k: (v - before.get(k, 0)) / n for k, v in after.items()}
+    ranked = sorted(calls.items(), key=lambda kv: -kv[1])[:top]
+    return f"{sum(calls.values()):.2f} in all: " + ", ".join(f"{k} {v:.2f}" for k, v in ranked)
 
 
 def _env(args: argparse.Namespace, tmp: Path, redis_url: str) -> dict[str, str]:
@@ -263,6 +286,7 @@ async def run(args: argparse.Namespace, base_url: str) -> None:
     await redis.aclose()
     publish_rate = await _publish(app_id, args.n)
     total = args.n * len(urls)
+    commands0 = await _redis_calls()
     workers = _start_workers(args.workers, os.environ.copy())
     try:
         slow = args.isolation and not args.all_healthy
@@ -279,10 +303,12 @@ async def run(args: argparse.Namespace, base_url: str) -> None:
     healthy = [e.id for e in await Endpoint.filter(app_id=app_id)
                if "/ok/" in e.url and not e.url.endswith("/ok/9")]  # the same nine either way
     engine = await _rate(healthy)
+    commands = _per(commands0, await _redis_calls(), total)
     print(f"publish (batch API op, {args.n} messages): {publish_rate:,.0f} messages/s")
     print(f"engine end-to-end, {args.workers} worker(s), {len(healthy)} healthy endpoint(s): "
           f"{engine:,.0f} deliveries/s")
     print(f"worker peak RSS: {peak / 2**20:,.0f} MB")
+    print(f"Redis commands per delivery (start-up included): {commands}")
     # CPU per delivery hardly depends on what else the machine runs (throughput does)
     print(f"worker CPU per delivery: {cpu_us:,.0f} µs ({usage})")
     if not args.isolation:

@@ -84,6 +84,9 @@ def main() -> None:
     try:
         asyncio.run(_reset_postgres(args.database_url))
         time.sleep(0.5)
+        from jobs.run_worker import use_uvloop
+
+        use_uvloop()  # as the workers run
         asyncio.run(run(args, f"http://127.0.0.1:{port}"))
     finally:
         sink.terminate(); sink.wait(10); redis.stop()
