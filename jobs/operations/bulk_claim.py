@@ -43,7 +43,8 @@ from tortoise.queryset import ValuesListQuery
 from tortoise.transactions import in_transaction
 
 from models.bulk import BulkOperation
-from models.delivery_batches import ClaimedDelivery, ClaimedMessage, _as_json, _messages, _pg_fetch
+from models.delivery_batches import (ClaimedDelivery, ClaimedMessage, _as_datetime, _as_json,
+                                     _pg_fetch)
 from models.endpoints import Endpoint
 from models.enums import DeadLetterStatus, DeliveryStatus
 
@@ -214,7 +215,10 @@ SELECT message_id, endpoint_id, ?, 1, delivery_id, ?, ?, ?,
            'retry_count', retry_count, 'sandbox', json('false'), 'bulk_operation_id', ?)),
        ?, ?
 FROM dead_letter WHERE id IN ({ids}) ORDER BY id
-RETURNING id, message_id, endpoint_id, attempts, metadata, bulk_operation_id
+RETURNING id, message_id, endpoint_id, attempts, metadata, bulk_operation_id,
+    (SELECT event_type FROM message m WHERE m.id = delivery.message_id) AS event_type,
+    (SELECT payload FROM message m WHERE m.id = delivery.message_id) AS payload,
+    (SELECT created_at FROM message m WHERE m.id = delivery.message_id) AS message_created_at
 """
 _SQLITE_LINK = """
 UPDATE dead_letter SET last_retry_delivery_id = d.id FROM delivery d
@@ -284,7 +288,12 @@ async def _sqlite_claim_entries(ids: list[int], operation_id: int, token: str,
         late = min(op["late_skipped"] + lost,
                    max(op["handed"] - op["claimed"] - len(rows), op["late_skipped"]))
         await tx.execute_query(_SQLITE_COUNT, [len(rows), late, operation_id])
-        messages = await _messages(tx, {r["message_id"] for r in rows}) if rows else {}
+    messages: dict[int, ClaimedMessage] = {}  # the CREATE returned each one's message
+    for r in rows:
+        if r["message_id"] not in messages:
+            messages[r["message_id"]] = ClaimedMessage(
+                r["message_id"], r["event_type"], r["payload"],
+                _as_datetime(r["message_created_at"]))
     deliveries = [ClaimedDelivery(
         id=r["id"], attempts=r["attempts"], message=messages[r["message_id"]],
         endpoint_id=r["endpoint_id"], bulk_operation_id=r["bulk_operation_id"],
