@@ -38,7 +38,6 @@ from typing import Any
 
 from tortoise import connections
 from tortoise.backends.base.client import BaseDBAsyncClient
-from tortoise.expressions import F
 from tortoise.queryset import ValuesListQuery
 from tortoise.transactions import in_transaction
 
@@ -195,11 +194,12 @@ FROM (SELECT 1) AS one LEFT JOIN (
 ORDER BY c.id
 """
 
-#: SQLite: `{ids}` are integers (the job's arguments, checked as such)
-#: the operation, while it is not cancelled, written (so the write lock is ours) and read at once
+#: SQLite: the operation, while it is not cancelled, written (so the write lock is ours)
+#: and read at once
 _SQLITE_OPEN = ("UPDATE bulk_operation SET claimed = claimed WHERE id = ? AND NOT cancelled"
                 " RETURNING started_at, handed, claimed, late_skipped")
 _SQLITE_COUNT = "UPDATE bulk_operation SET claimed = claimed + ?, late_skipped = ? WHERE id = ?"
+#: `{ids}` are integers (the job's arguments, checked as such)
 _SQLITE_CLAIM = """
 UPDATE dead_letter SET status = ?, retry_count = retry_count + 1, updated_at = ?
 WHERE id IN ({ids}) AND status = ? AND updated_at <= ?
