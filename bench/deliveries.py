@@ -336,11 +336,15 @@ def main() -> None:
                         help="10 endpoints, one answering after 10 s (use e.g. --n 2000)")
     parser.add_argument("--all-healthy", action="store_true",
                         help="with --isolation: the tenth endpoint is healthy too (the baseline)")
+    parser.add_argument("--aiohttp-receiver", action="store_true",
+                        help="the receiver runs aiohttp's web server (default: bench.receiver's"
+                             " bare httptools server, which takes less of the machine)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="observatory-bench-"))
     redis = EmbeddedRedis(tmp / "redis").start()
     port = free_port()
-    sink = subprocess.Popen([sys.executable, "-m", "bench.receiver", "--port", str(port)])
+    sink = subprocess.Popen([sys.executable, "-m", "bench.receiver", "--port", str(port),
+                             *(["--aiohttp"] if args.aiohttp_receiver else [])])
     global RECEIVER
     RECEIVER = psutil.Process(sink.pid)
     os.environ.update(_env(args, tmp, redis.url + "/0"))
@@ -352,6 +356,8 @@ def main() -> None:
 
         # the raw loops run on the workers' event loop: the same client, transport and loop
         print(f"event loop (workers and raw loops): {'uvloop' if use_uvloop() else 'asyncio'}")
+        print("receiver: " + ("aiohttp's web server" if args.aiohttp_receiver
+                              else "bench.receiver's bare HTTP/1.1 server (httptools, uvloop)"))
         asyncio.run(run(args, f"http://127.0.0.1:{port}"))
     finally:
         sink.terminate()
