@@ -70,3 +70,32 @@ async def test_competing_workers_run_each_job_exactly_once(redis):
     assert sum(w.jobs_complete for w in workers) == 300
     assert all(w.jobs_complete for w in workers[:2])  # both of ours took a share
     assert await redis.zcard(QUEUE) == 0
+
+
+async def _calls(redis, *commands: str) -> dict[str, int]:
+    stats = await redis.info("commandstats")
+    return {c: int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in commands}
+
+
+async def test_a_job_starts_in_one_round_trip_under_arq_rule(redis):
+    """Each start is one script call (no WATCH); a job that is not due, already held by
+    another worker, or gone from the queue does not start."""
+    due = [await redis.enqueue_job("_hold", _queue_name=QUEUE) for _ in range(4)]
+    later = await redis.enqueue_job("_hold", _queue_name=QUEUE, _defer_by=60)
+    held = await redis.enqueue_job("_hold", _queue_name=QUEUE)
+    await redis.set(f"arq:in-progress:{held.job_id}", b"1")  # another worker runs it
+    worker = _make(ObservatoryWorker, redis, max_jobs=10)
+    before = await _calls(redis, "watch", "multi", "evalsha", "eval")
+    await worker.start_jobs([j.job_id.encode() for j in [*due, later, held]] + [b"gone"])
+    after = await _calls(redis, "watch", "multi", "evalsha", "eval")
+    assert set(worker.tasks) == {j.job_id for j in due}
+    assert worker.job_counter == 4
+    assert after["watch"] == before["watch"]  # (MULTI still wraps each started job's own reads)
+    # 7 starts tried, one round trip each (EVAL once if the script was not cached yet)
+    assert (after["evalsha"] + after["eval"]) - (before["evalsha"] + before["eval"]) in (7, 8)
+    for job in due:
+        assert await redis.exists(f"arq:in-progress:{job.job_id}")
+    assert not await redis.exists(f"arq:in-progress:{later.job_id}")
+    for task in worker.tasks.values():
+        task.cancel()
+    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
