@@ -31,6 +31,9 @@ class AttemptResult:
     retry_after_s: float | None = None
 
 
+_encode_string = json.encoder.encode_basestring_ascii  # json.dumps of a str, without its set-up
+
+
 def webhook_body(message: Any, payload_changes: dict[str, Any] | None = None) -> bytes:
     """The JSON body receivers get: type, timestamp and the producer's payload as `data`
     (with `payload_changes` replacing fields of it: a sandbox retry's payload overrides).
@@ -39,7 +42,7 @@ def webhook_body(message: Any, payload_changes: dict[str, Any] | None = None) ->
     payload as the stored JSON text: it goes into the body as it is, not parsed and re-encoded.
     """
     if not payload_changes and (raw := getattr(message, "payload_json", None)) is not None:
-        return (f'{{"type":{json.dumps(message.event_type)},"timestamp":'
+        return (f'{{"type":{_encode_string(message.event_type)},"timestamp":'
                 f'"{message.created_at.astimezone(UTC).isoformat()}","data":{raw}}}').encode()
     data = message.payload
     if payload_changes:

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
@@ -64,6 +65,10 @@ class WorkerStats(DeliveryMetrics):
             self.succeeded += 1
         else:
             self.failed += 1
+
+    def record_successes(self, durations_s: Sequence[float | None]) -> None:
+        super().record_successes(durations_s)
+        self.succeeded += len(durations_s)
 
     def report(self) -> dict[str, int]:
         return {"running": self.running, "jobs_done": self.jobs_done,

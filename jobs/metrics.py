@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -94,6 +94,9 @@ class _Counts:
     duration_sum: float = 0.0
 
 
+_SUCCEEDED = ("succeeded", "")  # the outcome key of a success
+
+
 class DeliveryMetrics:
     """One worker process's counts since its last flush. Not thread-safe; asyncio-safe."""
 
@@ -123,6 +126,16 @@ class DeliveryMetrics:
         outcomes[key] = outcomes.get(key, 0) + 1
         if duration_s is not None:
             self.observe(duration_s)
+
+    def record_successes(self, durations_s: Sequence[float | None]) -> None:
+        """`record("succeeded", None, d)` for each of a batch's `durations_s`, in one call."""
+        if not durations_s:
+            return
+        outcomes = self._counts.outcomes
+        outcomes[_SUCCEEDED] = outcomes.get(_SUCCEEDED, 0) + len(durations_s)
+        for duration_s in durations_s:
+            if duration_s is not None:
+                self.observe(duration_s)
 
     def observe(self, duration_s: float) -> None:
         """Add one attempt duration (seconds) to the histogram."""

@@ -22,7 +22,7 @@ from jobs.queue import enqueue_delivery
 from jobs.tracing import NOOP_SPAN, NoopAttemptSpan
 from models.dead_letters import DeadLetter
 from models.deliveries import Attempt, Delivery
-from models.delivery_batches import record_attempts
+from models.delivery_batches import AttemptRow, record_attempts
 from models.endpoints import Endpoint
 from models.enums import DeadLetterStatus, DeliveryStatus
 
@@ -124,28 +124,36 @@ async def record_outcomes(ctx: dict[str, Any], finished: list[Finished]) -> dict
     lines: list[str] = []  # the JSON log line of each attempt, written together
     events: list[dict[str, Any]] = []
     counts: dict[str, int] = defaultdict(int)
-    succeeded = [f for f in finished if f.result.outcome.ok]
+    # one pass over the batch for the Attempt rows and the successes (the hot path: a
+    # fast-lane batch is usually all successes)
+    rows: list[AttemptRow] = []
+    succeeded: list[Finished] = []
+    succeeded_ids: list[int] = []
     by_code: dict[int | None, list[int]] = defaultdict(list)
-    for f in succeeded:
-        by_code[f.result.status_code].append(f.delivery.id)
-    resolved = [i for f in succeeded if (i := _dlq_id(f.delivery))]  # retries that worked
-    await record_attempts([
-        (f.delivery.id, f.delivery.attempts, f.result.started_at, f.result.duration_ms,
-         f.result.status_code, f.result.outcome.kind, f.result.outcome.reason,
-         f.result.error_message, f.result.excerpt)
-        for f in finished if f.attempted], by_code, now, resolved)
+    resolved: list[int] = []  # DLQ entries whose retries worked
+    for f in finished:
+        delivery, result = f.delivery, f.result
+        outcome = result.outcome
+        if f.attempted:
+            rows.append((delivery.id, delivery.attempts, result.started_at, result.duration_ms,
+                         result.status_code, outcome.kind, outcome.reason,
+                         result.error_message, result.excerpt))
+        if outcome.ok:
+            succeeded.append(f)
+            succeeded_ids.append(delivery.id)
+            by_code[result.status_code].append(delivery.id)
+            if delivery.metadata and (entry_id := _dlq_id(delivery)):
+                resolved.append(entry_id)
+    await record_attempts(rows, by_code, now, resolved)
+    changed: dict[str, list[int]] = defaultdict(list)  # one event per resulting status
     if succeeded:
         if resolved:  # one event for the batch: a PUBLISH per entry was most of bulk's Redis
             events.append({"type": "dlq.changed", "ids": resolved, "status": "resolved"})
         counts["succeeded"] = len(succeeded)
-    metrics = ctx.get("metrics")
-    for f in succeeded:
-        if metrics is not None:
-            metrics.record("succeeded", None, _duration_s(f))
-        lines.append(_attempt_line(ctx, f, DeliveryStatus.SUCCEEDED))
-    changed: dict[str, list[int]] = defaultdict(list)  # one event per resulting status
-    if succeeded:
-        changed["succeeded"] = [f.delivery.id for f in succeeded]
+        changed["succeeded"] = succeeded_ids
+        if (metrics := ctx.get("metrics")) is not None:
+            metrics.record_successes([_duration_s(f) for f in succeeded])
+        lines = [_attempt_line(ctx, f, DeliveryStatus.SUCCEEDED) for f in succeeded]
     dead: list[int] = []  # DLQ entries made or re-activated by this batch
     for f in finished:
         if f.result.outcome.ok:
@@ -274,25 +282,24 @@ async def dead_letter(delivery: Delivery, endpoint: Endpoint | None, result: Att
 async def _update_health(finished: list[Finished], now: datetime) -> None:
     """A success heals its endpoint; failures extend its failing run; 410 or a long run of
     failures disables it (new deliveries then go straight to the DLQ)."""
-    healthy = {f.delivery.endpoint.id for f in finished  # type: ignore[union-attr]
-               if f.result.outcome.ok and f.delivery.endpoint
-               and sandbox_overrides(f.delivery) is None}
+    healthy: dict[int, Any] = {}  # endpoint id -> the Endpoint the batch loaded
     failing: dict[int, int] = defaultdict(int)
     gone: set[int] = set()
     for f in finished:
         endpoint = f.delivery.endpoint
-        if endpoint is None or f.result.outcome.ok or not f.attempted \
-                or sandbox_overrides(f.delivery) is not None:  # another URL: not its health
+        if endpoint is None or (f.delivery.metadata and sandbox_overrides(f.delivery) is not None):
+            continue  # a sandbox retry went to another URL: not its endpoint's health
+        if f.result.outcome.ok:
+            healthy[endpoint.id] = endpoint
+        elif not f.attempted:
             continue
-        if f.result.outcome.reason == "endpoint_gone":
+        elif f.result.outcome.reason == "endpoint_gone":
             gone.add(endpoint.id)
         elif f.result.outcome.reason not in _NOT_ENDPOINT_FAULTS:
             failing[endpoint.id] += 1
     # only endpoints that were failing when the batch loaded them need healing (a failure
     # recorded since by another batch is healed by the next success): no statement otherwise
-    loaded = {f.delivery.endpoint.id: f.delivery.endpoint for f in finished
-              if f.delivery.endpoint is not None}
-    if heal := [i for i in healthy if loaded[i].consecutive_failures or loaded[i].failing_since]:
+    if heal := [i for i, e in healthy.items() if e.consecutive_failures or e.failing_since]:
         await Endpoint.filter(id__in=heal, consecutive_failures__gt=0).update(
             consecutive_failures=0, failing_since=None)
     for endpoint_id, n in failing.items():
