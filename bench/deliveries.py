@@ -9,8 +9,9 @@ the receiver (a separate process on 127.0.0.1) → Attempt rows and outcomes; it
 deliveries / (last finished − first attempt started), so publishing and worker start-up are
 not counted. Raw loops post the same payloads, 64 at a time, with the engine's hot-path client
 (the SSRF-guarded aiohttp session), with httpx over aiohttp, and with plain aiohttp, on the
-event loop the workers run (uvloop; `OBSERVATORY_UVLOOP=0` puts both on the stock loop). Peak
-RSS is sampled over the worker processes.
+event loop the workers run (uvloop; `OBSERVATORY_UVLOOP=0` puts both on the stock loop) and with
+their garbage-collector settings (jobs.worker.tune_gc; `OBSERVATORY_GC_TUNING=0` leaves both on
+Python's defaults). Peak RSS is sampled over the worker processes.
 """
 
 from __future__ import annotations
@@ -312,6 +313,12 @@ async def run(args: argparse.Namespace, base_url: str) -> None:
     # CPU per delivery hardly depends on what else the machine runs (throughput does)
     print(f"worker CPU per delivery: {cpu_us:,.0f} µs ({usage})")
     if not args.isolation:
+        # the raw loops run with the workers' garbage-collector settings, as on their event
+        # loop: under Python's defaults the same loop spent ~19 µs per delivery collecting
+        # (its thousands of waiting tasks are live objects), a fifth of its CPU time
+        from jobs.worker import tune_gc
+
+        tune_gc()
         same, same_cpu, same_usage = await _raw_loop(args.n, urls[0], _Poster)
         httpx_loop, _, _ = await _raw_loop(args.n, urls[0], _Engine)
         plain, _, _ = await _raw_loop(args.n, urls[0], _Aiohttp)

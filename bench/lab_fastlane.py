@@ -40,6 +40,9 @@ async def run(args, base: str) -> None:
     logging.getLogger("observatory").addHandler(logging.FileHandler(os.devnull))
     logging.getLogger("observatory").setLevel(logging.INFO)
     logging.getLogger("observatory").propagate = False
+    from jobs.worker import tune_gc
+
+    tune_gc()  # the worker's garbage-collector settings, for the engine and the raw loop alike
     batches = [ids[i:i + 50] for i in range(0, len(ids), 50)]
     sem = asyncio.Semaphore(args.jobs)
 

@@ -51,13 +51,13 @@ _configure_logging()
 GC_THRESHOLDS = (10_000, 20, 100)
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """Keep the cyclic garbage collector off the hot path.
 
     Measured with gc.callbacks under bench/deliveries.py, Python's default thresholds spent
     ~12% of the worker's CPU collecting: every 700 allocations a young collection, and full
     collections walking the whole start-up heap (modules, models, pydantic schemas) over and
-    over. The heap built at start-up is frozen (moved out of the collector's sight, as
+    over. bench.deliveries runs its raw loops under this too (the same runtime as the worker's). The heap built at start-up is frozen (moved out of the collector's sight, as
     Instagram and gunicorn's preload do), and young collections run every 10,000
     allocations: the garbage of a batch is almost all freed by reference counting anyway.
     """
@@ -75,7 +75,7 @@ async def _start(ctx: dict[str, Any]) -> None:
     ctx["metrics"] = WorkerStats()  # the delivery metrics plus the totals each beat reports
     start_flushing(ctx)
     ctx["agent_id"] = worker_id()  # stored on the deliveries it claims (jobs.deliver.claim)
-    _tune_gc()
+    tune_gc()
     loop = type(asyncio.get_running_loop())
     logging.getLogger("observatory.worker").info(json.dumps(
         {"event": "worker.started", "agent": ctx["agent_id"],
