@@ -146,14 +146,10 @@ async def attempt_one(ctx: dict[str, Any], delivery: Delivery) -> Finished:
     return Finished(delivery, result, span=span)
 
 
-#: how long a worker trusts what it read of a bulk operation's cancel flag (per operation; a
-#: cancel answers no sooner than this after setting the flag: bulk.cancel_operation)
-CANCEL_FLAG_TTL_S = bulk.CANCEL_FLAG_TTL_S
-
-
 async def _operation_cancelled(ctx: dict[str, Any], operation_id: int) -> bool:
     """Whether the bulk operation is being cancelled, read from Redis at most every
-    `CANCEL_FLAG_TTL_S` per operation (a cancel is for good). Checked by each bulk delivery
+    `bulk.CANCEL_FLAG_TTL_S` per operation (a cancel is for good; bulk.cancel_operation answers
+    no sooner than that after setting the flag). Checked by each bulk delivery
     once it has its endpoint's slot: a batch claims up to 50 deliveries at once, and those
     waiting behind the endpoint's in-flight cap must not start after a cancel (measured with
     bench/bulk_retry.py at 100,000 entries: 400 attempts began after the cancel answered).
@@ -166,7 +162,7 @@ async def _operation_cancelled(ctx: dict[str, Any], operation_id: int) -> bool:
         ctx["shared"].setdefault("cancel_flags", {}))
     now = time.monotonic()
     seen = flags.get(operation_id)
-    if seen is not None and (seen[1] is True or now - seen[0] < CANCEL_FLAG_TTL_S):
+    if seen is not None and (seen[1] is True or now - seen[0] < bulk.CANCEL_FLAG_TTL_S):
         return await asyncio.shield(seen[1]) if isinstance(seen[1], asyncio.Future) else seen[1]
     read = asyncio.ensure_future(bulk.is_cancelling(ctx["redis"], operation_id))
     flags[operation_id] = (now, read)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -67,7 +67,7 @@ def _db() -> BaseDBAsyncClient:
     return connections.get("default")
 
 
-async def _pg_fetch(db: BaseDBAsyncClient, sql: str, *args: Any) -> list[Any]:
+async def pg_fetch(db: BaseDBAsyncClient, sql: str, *args: Any) -> list[Any]:
     """asyncpg records of one statement on the client's connection (the current transaction's
     inside `in_transaction`), without tortoise's per-query wrapping and dict building."""
     async with db.acquire_connection() as connection:
@@ -92,11 +92,11 @@ def _ids_clause(db: BaseDBAsyncClient, ids: Sequence[int], first: int) -> tuple[
     return f"IN ({', '.join(_marks(db, len(ids), first))})", list(ids)
 
 
-def _as_datetime(value: Any) -> datetime:
+def as_datetime(value: Any) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
-def _as_json(value: Any) -> Any:
+def as_json(value: Any) -> Any:
     if isinstance(value, str):
         return {} if value == "{}" else json.loads(value)
     return value if value is not None else {}
@@ -127,7 +127,7 @@ async def claim_deliveries(ids: Sequence[int], token: str, agent_id: str | None,
     claimed = [ClaimedDelivery(
         id=r["id"], attempts=r["attempts"], message=messages[r["message_id"]],
         endpoint_id=r["endpoint_id"], bulk_operation_id=r["bulk_operation_id"],
-        metadata=_as_json(r["metadata"])) for r in rows]
+        metadata=as_json(r["metadata"])) for r in rows]
     claimed.sort(key=lambda d: d.id)
     return claimed
 
@@ -145,18 +145,30 @@ _PG_CLAIM = (
 
 async def _claim_postgres(db: BaseDBAsyncClient, ids: Sequence[int], token: str,
                           agent_id: str | None, now: datetime) -> list[ClaimedDelivery]:
-    rows = await _pg_fetch(db, _PG_CLAIM, DeliveryStatus.RUNNING.value, token, agent_id, now,
-                           DeliveryStatus.QUEUED.value, DeliveryStatus.RETRYING.value, list(ids))
-    messages: dict[int, ClaimedMessage] = {}  # deliveries of one message share it
+    return claimed_from_rows(await pg_fetch(
+        db, _PG_CLAIM, DeliveryStatus.RUNNING.value, token, agent_id, now,
+        DeliveryStatus.QUEUED.value, DeliveryStatus.RETRYING.value, list(ids)))
+
+
+def claimed_from_rows(rows: Iterable[Any], created_at: str = "created_at"
+                      ) -> list[ClaimedDelivery]:
+    """The deliveries of claim rows that carry their message's columns: id, attempts,
+    endpoint_id, bulk_operation_id, metadata (JSON text), message_id, event_type, payload
+    (JSON text), the message's creation time (column `created_at`) and, on PostgreSQL,
+    endpoint_version. Deliveries of one message share one ClaimedMessage; rows whose `id` is
+    NULL (a claim's header row) are skipped."""
+    messages: dict[int, ClaimedMessage] = {}
     claimed = []
     for r in rows:
+        if r["id"] is None:
+            continue
         if (message := messages.get(r["message_id"])) is None:
             message = messages[r["message_id"]] = ClaimedMessage(
-                r["message_id"], r["event_type"], r["payload"], r["created_at"])
+                r["message_id"], r["event_type"], r["payload"], as_datetime(r[created_at]))
         claimed.append(ClaimedDelivery(
             id=r["id"], attempts=r["attempts"], message=message, endpoint_id=r["endpoint_id"],
-            bulk_operation_id=r["bulk_operation_id"], metadata=_as_json(r["metadata"]),
-            endpoint_version=r["endpoint_version"]))
+            bulk_operation_id=r["bulk_operation_id"], metadata=as_json(r["metadata"]),
+            endpoint_version=r.get("endpoint_version")))
     return claimed
 
 
@@ -190,7 +202,7 @@ async def load_endpoints(ids: set[int], versions: dict[int, str] | None = None
             if cached is not None and cached[0] == versions.get(endpoint_id):
                 found[endpoint_id] = cached[1]
     if missing := [i for i in ids if i not in found]:
-        rows = await _pg_fetch(db, "SELECT *, xmin::text AS _row_version FROM endpoint"
+        rows = await pg_fetch(db, "SELECT *, xmin::text AS _row_version FROM endpoint"
                                    " WHERE id = ANY($1::int[])", missing)
         if len(_ENDPOINT_CACHE) > _ENDPOINT_CACHE_MAX:
             _ENDPOINT_CACHE.clear()
@@ -209,7 +221,7 @@ async def _messages(db: BaseDBAsyncClient, ids: set[int]) -> dict[int, ClaimedMe
         f"SELECT id, event_type, {payload} AS payload, created_at FROM message WHERE id {where}",
         values)
     return {r["id"]: ClaimedMessage(r["id"], r["event_type"], r["payload"],
-                                    _as_datetime(r["created_at"])) for r in rows}
+                                    as_datetime(r["created_at"])) for r in rows}
 
 
 _PG_ATTEMPT_ARRAYS = ("$1::int[], $2::int[], $3::timestamptz[], $4::float8[], $5::int[],"
@@ -320,7 +332,7 @@ async def _pg_record(db: BaseDBAsyncClient, records: list[_Record]) -> None:
     entries = [(i, now) for _, _, now, resolved in records for i in resolved]
     columns = [list(column) for column in zip(*rows, strict=True)] or [[] for _ in _ATTEMPT_COLUMNS]
     if not done:
-        await _pg_fetch(db, _PG_INSERT_ATTEMPTS, *columns)
+        await pg_fetch(db, _PG_INSERT_ATTEMPTS, *columns)
         return
     ids, ats, codes = (list(column) for column in zip(*done, strict=True))
     args = [*columns, DeliveryStatus.SUCCEEDED.value, ids, ats, codes]
@@ -330,7 +342,7 @@ async def _pg_record(db: BaseDBAsyncClient, records: list[_Record]) -> None:
         ctes += f", resolved AS ({_PG_RESOLVED})"
         args += [DeadLetterStatus.RESOLVED.value, entry_ids, entry_ats,
                  DeadLetterStatus.RETRYING.value]
-    await _pg_fetch(db, f"WITH {ctes} {_PG_SUCCEEDED}", *args)
+    await pg_fetch(db, f"WITH {ctes} {_PG_SUCCEEDED}", *args)
 
 
 async def resolve_entries(ids: Sequence[int], now: datetime) -> None:

@@ -42,8 +42,7 @@ from tortoise.queryset import ValuesListQuery
 from tortoise.transactions import in_transaction
 
 from models.bulk import BulkOperation
-from models.delivery_batches import (ClaimedDelivery, ClaimedMessage, _as_datetime, _as_json,
-                                     _pg_fetch)
+from models.delivery_batches import ClaimedDelivery, claimed_from_rows, pg_fetch
 from models.endpoints import Endpoint
 from models.enums import DeadLetterStatus, DeliveryStatus
 
@@ -239,24 +238,13 @@ async def claim_entries(entry_ids: list[int], operation_id: int, agent_id: str |
     ids = [int(i) for i in entry_ids]
     token, conn = str(uuid.uuid4()), connections.get("default")
     if conn.capabilities.dialect == "postgres":
-        rows = await _pg_fetch(conn, _PG_CLAIM_ENTRIES, operation_id, ids, now, token,
-                               agent_id, DeadLetterStatus.RETRYING.value,
-                               DeadLetterStatus.ACTIVE.value, DeliveryStatus.RUNNING.value)
+        rows = await pg_fetch(conn, _PG_CLAIM_ENTRIES, operation_id, ids, now, token,
+                              agent_id, DeadLetterStatus.RETRYING.value,
+                              DeadLetterStatus.ACTIVE.value, DeliveryStatus.RUNNING.value)
         head = rows[0]
         if not head["open"]:
             return Claim([], 0, open=False)
-        messages: dict[int, ClaimedMessage] = {}
-        deliveries = []
-        for r in rows:
-            if r["id"] is None:
-                continue
-            if (message := messages.get(r["message_id"])) is None:
-                message = messages[r["message_id"]] = ClaimedMessage(
-                    r["message_id"], r["event_type"], r["payload"], r["created_at"])
-            deliveries.append(ClaimedDelivery(
-                id=r["id"], attempts=r["attempts"], message=message,
-                endpoint_id=r["endpoint_id"], bulk_operation_id=r["bulk_operation_id"],
-                metadata=_as_json(r["metadata"]), endpoint_version=r["endpoint_version"]))
+        deliveries = claimed_from_rows(rows)  # (its rows come in id order)
         return Claim(deliveries, head["late_after"] - head["late_before"], open=True)
     return await _sqlite_claim_entries(ids, operation_id, token, agent_id, now)
 
@@ -288,15 +276,7 @@ async def _sqlite_claim_entries(ids: list[int], operation_id: int, token: str,
         late = min(op["late_skipped"] + lost,
                    max(op["handed"] - op["claimed"] - len(rows), op["late_skipped"]))
         await tx.execute_query(_SQLITE_COUNT, [len(rows), late, operation_id])
-    messages: dict[int, ClaimedMessage] = {}  # the CREATE returned each one's message
-    for r in rows:
-        if r["message_id"] not in messages:
-            messages[r["message_id"]] = ClaimedMessage(
-                r["message_id"], r["event_type"], r["payload"],
-                _as_datetime(r["message_created_at"]))
-    deliveries = [ClaimedDelivery(
-        id=r["id"], attempts=r["attempts"], message=messages[r["message_id"]],
-        endpoint_id=r["endpoint_id"], bulk_operation_id=r["bulk_operation_id"],
-        metadata=_as_json(r["metadata"])) for r in rows]
+    # the CREATE returned each one's message
+    deliveries = claimed_from_rows(rows, created_at="message_created_at")
     deliveries.sort(key=lambda d: d.id)
     return Claim(deliveries, late - op["late_skipped"], open=True)

@@ -489,11 +489,11 @@ async def test_bulk_deliveries_asking_at_once_share_one_read_of_the_cancel_flag(
     assert asked == [False] * 50 and reads == 1
 
     await redis.hset(bulk.progress_key(7), "state", BulkState.CANCELLING.value)
-    await asyncio.sleep(deliver.CANCEL_FLAG_TTL_S * 1.5)
+    await asyncio.sleep(bulk.CANCEL_FLAG_TTL_S * 1.5)
     asked = await asyncio.gather(*(deliver._operation_cancelled(ctx, 7) for _ in range(50)))
     assert asked == [True] * 50 and reads == 2
     await redis.hdel(bulk.progress_key(7), "state")  # a cancel is for good: no read again
-    await asyncio.sleep(deliver.CANCEL_FLAG_TTL_S * 1.5)
+    await asyncio.sleep(bulk.CANCEL_FLAG_TTL_S * 1.5)
     assert await deliver._operation_cancelled(ctx, 7) is True and reads == 2
 
 
