@@ -122,9 +122,16 @@ def _answered(started: datetime, t0: float, status: int, headers: Any, raw: byte
         retry_after = parse_retry_after(headers.get("retry-after"))
     return AttemptResult(
         started_at=started, duration_ms=(time.perf_counter() - t0) * 1000, outcome=outcome,
-        status_code=status, excerpt=raw.decode("utf-8", "replace"),
+        status_code=status, excerpt=_text(raw),
         error_message=None if outcome.ok else f"HTTP {status}", retry_after_s=retry_after,
     )
+
+
+def _text(raw: bytes) -> str:
+    """A response excerpt as text: invalid UTF-8 and NUL characters (which PostgreSQL's text
+    and jsonb cannot hold: the whole batch's record failed) become U+FFFD."""
+    text = raw.decode("utf-8", "replace")
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 class DirectPoster:

@@ -223,3 +223,24 @@ async def test_each_attempt_writes_one_json_log_line(db, redis, receiver, run_wo
         (2, 503, "retryable", "server_error", "retrying", 1000),
         (3, 503, "retryable", "server_error", "failed", None)]
     assert tries[1]["job_id"] == f"{ids[failing.id]}:2"  # a retry is its own job
+
+
+async def test_a_response_with_nul_characters_is_recorded(db, redis, receiver, run_worker):
+    """PostgreSQL text cannot hold NUL: a receiver's excerpt (and error) keeps the rest, with
+    each NUL as U+FFFD, on both databases, and the outcomes are recorded as usual."""
+    receiver.script("/nul", Reply(200, "ok\x00done"))
+    receiver.script("/nul-fail", Reply(400, "bad\x00input"))
+    ok = await make_endpoint(receiver.url("/nul"))
+    bad = await make_endpoint(receiver.url("/nul-fail"))
+    sent = await publish_message(ok.app_id, "x", {}, redis=redis)
+    failed = await publish_message(bad.app_id, "x", {}, redis=redis)
+    await run_worker()
+
+    delivery = await Delivery.get(id=sent["deliveries"][0]["id"])
+    assert delivery.status == DeliveryStatus.SUCCEEDED
+    [attempt] = await Attempt.filter(delivery_id=delivery.id)
+    assert attempt.response_excerpt == "ok\ufffddone"
+    entry = await DeadLetter.get(delivery_id=failed["deliveries"][0]["id"])
+    assert entry.failure_reason == "non_retryable_status"
+    [tried] = await Attempt.filter(delivery_id=entry.delivery_id)
+    assert tried.response_excerpt == "bad\ufffdinput"
