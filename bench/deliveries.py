@@ -7,7 +7,8 @@ Engine: batch publish → Delivery rows → fast lane (arq workers started as `o
 starts them, `python -m jobs.run_worker`) →
 the receiver (a separate process on 127.0.0.1) → Attempt rows and outcomes; its rate is
 deliveries / (last finished − first attempt started), so publishing and worker start-up are
-not counted. Raw loops post the same payloads, 64 at a time, with the engine's hot-path client
+not counted. Raw loops post the same payloads with headers of the same shape (a webhook-id,
+timestamp and signature made once), 64 at a time, with the engine's hot-path client
 (the SSRF-guarded aiohttp session), with httpx over aiohttp, and with plain aiohttp, on the
 event loop the workers run (uvloop; `OBSERVATORY_UVLOOP=0` puts both on the stock loop) and with
 their garbage-collector settings (jobs.worker.tune_gc; `OBSERVATORY_GC_TUNING=0` leaves both on
@@ -97,14 +98,24 @@ def _env(args: argparse.Namespace, tmp: Path, redis_url: str) -> dict[str, str]:
             "OBSERVATORY_DESTINATION_ALLOWLIST": "127.0.0.0/8"}
 
 
+def _signed_headers(body: bytes) -> dict[str, str]:
+    """Headers shaped as the engine's (Standard Webhooks: id, timestamp, one signature), made
+    once: a raw loop sends what the engine sends on the wire, but does none of its work."""
+    from jobs.signing import generate_secret, signature_headers
+
+    return signature_headers([generate_secret()], "msg_100000", int(time.time()),
+                             body)
+
+
 async def _raw_loop(n: int, url: str, make_post) -> tuple[float, float, str]:
     """Deliveries/s, this process's CPU time per delivery (µs), and the machine's usage."""
     body = json.dumps(PAYLOAD).encode()
+    headers = _signed_headers(body)
     sem = asyncio.Semaphore(CONCURRENCY)
 
     async def one(post) -> None:
         async with sem:
-            await post(url, body)
+            await post(url, body, headers)
 
     async with make_post() as post:
         t0, cpu0, usage = time.perf_counter(), time.process_time(), _Usage()
@@ -119,9 +130,10 @@ class _Engine:
         self.client = make_client()
 
     async def __aenter__(self):
-        async def post(url: str, body: bytes) -> None:
+        async def post(url: str, body: bytes, headers: dict[str, str]) -> None:
             response = await self.client.post(url, content=body,
-                                              headers={"content-type": "application/json"})
+                                              headers={"content-type": "application/json",
+                                                       **headers})
             assert response.status_code == 200
         return post
 
@@ -136,8 +148,8 @@ class _Poster:
         from jobs.http import make_poster
         self.poster = make_poster()
 
-        async def post(url: str, body: bytes) -> None:
-            result = await self.poster.post(url, body, {})
+        async def post(url: str, body: bytes, headers: dict[str, str]) -> None:
+            result = await self.poster.post(url, body, headers)
             assert result.status_code == 200
         return post
 
@@ -149,9 +161,9 @@ class _Aiohttp:
     async def __aenter__(self):
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENCY))
 
-        async def post(url: str, body: bytes) -> None:
-            async with self.session.post(url, data=body,
-                                         headers={"content-type": "application/json"}) as r:
+        async def post(url: str, body: bytes, headers: dict[str, str]) -> None:
+            async with self.session.post(url, data=body, headers={
+                    "content-type": "application/json", **headers}) as r:
                 await r.read()
                 assert r.status == 200
         return post
