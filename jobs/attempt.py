@@ -130,8 +130,7 @@ def _answered(started: datetime, t0: float, status: int, headers: Any, raw: byte
 def _text(raw: bytes) -> str:
     """A response excerpt as text: invalid UTF-8 and NUL characters (which PostgreSQL's text
     and jsonb cannot hold: the whole batch's record failed) become U+FFFD."""
-    text = raw.decode("utf-8", "replace")
-    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+    return raw.decode("utf-8", "replace").replace("\x00", "\ufffd")
 
 
 class DirectPoster:

@@ -142,7 +142,7 @@ async def record_outcomes(ctx: dict[str, Any], finished: list[Finished]) -> dict
             succeeded.append(f)
             succeeded_ids.append(delivery.id)
             by_code[result.status_code].append(delivery.id)
-            if delivery.metadata and (entry_id := _dlq_id(delivery)):
+            if entry_id := _dlq_id(delivery):
                 resolved.append(entry_id)
     await record_attempts(rows, by_code, now, resolved)
     changed: dict[str, list[int]] = defaultdict(list)  # one event per resulting status
@@ -287,7 +287,7 @@ async def _update_health(finished: list[Finished], now: datetime) -> None:
     gone: set[int] = set()
     for f in finished:
         endpoint = f.delivery.endpoint
-        if endpoint is None or (f.delivery.metadata and sandbox_overrides(f.delivery) is not None):
+        if endpoint is None or sandbox_overrides(f.delivery) is not None:
             continue  # a sandbox retry went to another URL: not its endpoint's health
         if f.result.outcome.ok:
             healthy[endpoint.id] = endpoint

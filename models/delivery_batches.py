@@ -203,7 +203,7 @@ async def load_endpoints(ids: set[int], versions: dict[int, str] | None = None
                 found[endpoint_id] = cached[1]
     if missing := [i for i in ids if i not in found]:
         rows = await pg_fetch(db, "SELECT *, xmin::text AS _row_version FROM endpoint"
-                                   " WHERE id = ANY($1::int[])", missing)
+                                  " WHERE id = ANY($1::int[])", missing)
         if len(_ENDPOINT_CACHE) > _ENDPOINT_CACHE_MAX:
             _ENDPOINT_CACHE.clear()
         for r in rows:
