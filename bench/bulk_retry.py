@@ -421,7 +421,8 @@ async def run(args: argparse.Namespace, st: Stack) -> Bench:
                 (await client.get("/v1/operations")).raise_for_status()
             if not args.single_retries_only:
                 workers = await _bulk_runs(b, client, workers)
-        await single_retries(b, base, token)
+        if args.retries:  # `--retries 0` skips them
+            await single_retries(b, base, token)
     finally:
         st.stop(workers)
         await close_db()

@@ -25,24 +25,29 @@ this operation's own delivery already took it (a duplicate job).
                 once. Of a new delivery's keys only `message_id` and `endpoint_id` are checked:
                 the statement itself guarantees the operation (locked), the original delivery
                 (the claimed entry's) and the link (created here), migration 0013.
-    SQLite      a transaction each (no data-modifying CTEs there; the first write takes the
-                database's write lock until commit).
+    SQLite      a transaction each (no data-modifying CTEs there), run in aiosqlite's
+                thread in one hop (models.delivery_batches.sqlite_transaction): BEGIN
+                IMMEDIATE takes the database's write lock until commit, so the claimable
+                entries are read, then the deliveries created with ids drawn past the table's
+                sequence, then each entry claimed and linked in one write.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from tortoise import connections
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.queryset import ValuesListQuery
-from tortoise.transactions import in_transaction
 
 from models.bulk import BulkOperation
-from models.delivery_batches import ClaimedDelivery, claimed_from_rows, pg_fetch
+from models.delivery_batches import (ClaimedDelivery, ClaimedMessage, as_datetime,
+                                     claimed_from_rows, pg_fetch, sqlite_transaction)
 from models.endpoints import Endpoint
 from models.enums import DeadLetterStatus, DeliveryStatus
 
@@ -193,37 +198,46 @@ FROM (SELECT 1) AS one LEFT JOIN (
 ORDER BY c.id
 """
 
-#: SQLite: the operation, while it is not cancelled, written (so the write lock is ours)
-#: and read at once
-_SQLITE_OPEN = ("UPDATE bulk_operation SET claimed = claimed WHERE id = ? AND NOT cancelled"
-                " RETURNING started_at, handed, claimed, late_skipped")
+#: SQLite (one transaction, run in aiosqlite's thread in one hop: `sqlite_transaction`). The
+#: operation, while it is not cancelled (BEGIN IMMEDIATE took the write lock: a cancel
+#: committed before it or waits for us)
+_SQLITE_OPEN = ("SELECT started_at, handed, claimed, late_skipped FROM bulk_operation"
+                " WHERE id = ? AND NOT cancelled")
 _SQLITE_COUNT = "UPDATE bulk_operation SET claimed = claimed + ?, late_skipped = ? WHERE id = ?"
-#: `{ids}` are integers (the job's arguments, checked as such)
-_SQLITE_CLAIM = """
-UPDATE dead_letter SET status = ?, retry_count = retry_count + 1, updated_at = ?
+#: `{ids}` are integers (the job's arguments, checked as such); nothing changes them before the
+#: UPDATE below (the write lock is ours)
+_SQLITE_CLAIMABLE = """
+SELECT id, delivery_id, message_id, endpoint_id, retry_count FROM dead_letter
 WHERE id IN ({ids}) AND status = ? AND updated_at <= ?
   AND endpoint_id IN (SELECT id FROM endpoint WHERE enabled)
-RETURNING id
+ORDER BY id
 """
+#: the next delivery id: AUTOINCREMENT never reuses one, so ids above both are free (and the
+#: write lock keeps them ours until commit)
+_SQLITE_NEXT_ID = ("SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'delivery'),"
+                   " 0), coalesce((SELECT max(id) FROM delivery), 0))")
+#: the k-th claimed entry (in id order) gets delivery id first + k
 _SQLITE_CREATE = """
-INSERT INTO delivery (message_id, endpoint_id, status, attempts, retry_of_id, bulk_operation_id,
-                      claim_token, claimed_by, metadata, created_at, updated_at)
-SELECT message_id, endpoint_id, ?, 1, delivery_id, ?, ?, ?,
+INSERT INTO delivery (id, message_id, endpoint_id, status, attempts, retry_of_id,
+                      bulk_operation_id, claim_token, claimed_by, metadata, created_at,
+                      updated_at)
+SELECT ? + row_number() OVER (ORDER BY id), message_id, endpoint_id, ?, 1, delivery_id, ?, ?, ?,
        json_object('__retry_metadata', json_object(
            'original_delivery_id', delivery_id, 'dead_letter_id', id,
-           'retry_count', retry_count, 'sandbox', json('false'), 'bulk_operation_id', ?)),
+           'retry_count', retry_count + 1, 'sandbox', json('false'), 'bulk_operation_id', ?)),
        ?, ?
 FROM dead_letter WHERE id IN ({ids}) ORDER BY id
-RETURNING id, message_id, endpoint_id, attempts, metadata, bulk_operation_id,
-    (SELECT event_type FROM message m WHERE m.id = delivery.message_id) AS event_type,
-    (SELECT payload FROM message m WHERE m.id = delivery.message_id) AS payload,
-    (SELECT created_at FROM message m WHERE m.id = delivery.message_id) AS message_created_at
 """
-_SQLITE_LINK = """
-UPDATE dead_letter SET last_retry_delivery_id = d.id FROM delivery d
-WHERE d.claim_token = ? AND d.bulk_operation_id IS NOT NULL
-  AND dead_letter.delivery_id = d.retry_of_id
+#: each entry claimed and linked to its delivery (just created, ids first+1…first+n) in one
+#: write
+_SQLITE_TAKE = """
+UPDATE dead_letter SET status = ?, retry_count = retry_count + 1, updated_at = ?,
+       last_retry_delivery_id = d.id
+FROM delivery d
+WHERE d.id BETWEEN ? AND ? AND d.retry_of_id = dead_letter.delivery_id
+  AND dead_letter.id IN ({ids})
 """
+_SQLITE_MESSAGES = "SELECT id, event_type, payload, created_at FROM message WHERE id IN ({ids})"
 _SQLITE_OURS = """
 SELECT dl.id FROM dead_letter dl JOIN delivery d ON d.id = dl.last_retry_delivery_id
 WHERE dl.id IN ({ids}) AND d.bulk_operation_id = ?
@@ -251,32 +265,45 @@ async def claim_entries(entry_ids: list[int], operation_id: int, agent_id: str |
 
 async def _sqlite_claim_entries(ids: list[int], operation_id: int, token: str,
                                 agent_id: str | None, now: datetime) -> Claim:
+    return await sqlite_transaction(partial(_sqlite_claim, ids, operation_id, token, agent_id,
+                                            now))
+
+
+def _sqlite_claim(ids: list[int], operation_id: int, token: str, agent_id: str | None,
+                  now: datetime, conn: sqlite3.Connection) -> Claim:
+    """The SQLite claim, in aiosqlite's thread inside one transaction (see the module's
+    docstring). Each delivery's metadata is built here as the INSERT writes it, not parsed back."""
+    found = conn.execute(_SQLITE_OPEN, (operation_id,)).fetchone()
+    if found is None:
+        return Claim([], 0, open=False)
+    started_at, handed, claimed_before, late_before = found
     listed = ", ".join(map(str, ids))
-    async with in_transaction() as tx:
-        # the first write takes the write lock: a cancel commits before it or waits for us
-        found = await tx.execute_query_dict(_SQLITE_OPEN, [operation_id])
-        if not found:
-            return Claim([], 0, open=False)
-        op = found[0]
-        claimed = await tx.execute_query_dict(_SQLITE_CLAIM.format(ids=listed), [
-            DeadLetterStatus.RETRYING.value, now, DeadLetterStatus.ACTIVE.value,
-            op["started_at"]])
-        rows = []
-        if claimed:
-            mine = ", ".join(str(int(r["id"])) for r in claimed)
-            rows = await tx.execute_query_dict(_SQLITE_CREATE.format(ids=mine), [
-                DeliveryStatus.RUNNING.value, operation_id, token, agent_id, operation_id,
-                now, now])
-            await tx.execute_query(_SQLITE_LINK, [token])
-        lost = 0
-        if len(claimed) < len(ids):  # else every entry is this claim's own
-            ours = {r["id"] for r in await tx.execute_query_dict(
-                _SQLITE_OURS.format(ids=listed), [operation_id])}
-            lost = len(set(ids) - ours)
-        late = min(op["late_skipped"] + lost,
-                   max(op["handed"] - op["claimed"] - len(rows), op["late_skipped"]))
-        await tx.execute_query(_SQLITE_COUNT, [len(rows), late, operation_id])
-    # the CREATE returned each one's message
-    deliveries = claimed_from_rows(rows, created_at="message_created_at")
-    deliveries.sort(key=lambda d: d.id)
-    return Claim(deliveries, late - op["late_skipped"], open=True)
+    rows = conn.execute(_SQLITE_CLAIMABLE.format(ids=listed),
+                        (DeadLetterStatus.ACTIVE.value, started_at)).fetchall()
+    deliveries: list[ClaimedDelivery] = []
+    if rows:
+        first = conn.execute(_SQLITE_NEXT_ID).fetchone()[0]
+        mine = ", ".join(str(r[0]) for r in rows)
+        conn.execute(_SQLITE_CREATE.format(ids=mine), (
+            first, DeliveryStatus.RUNNING.value, operation_id, token, agent_id, operation_id,
+            now, now))
+        conn.execute(_SQLITE_TAKE.format(ids=mine), (DeadLetterStatus.RETRYING.value, now,
+                                                     first + 1, first + len(rows)))
+        messages = {m[0]: ClaimedMessage(m[0], m[1], m[2], as_datetime(m[3])) for m in
+                    conn.execute(_SQLITE_MESSAGES.format(
+                        ids=", ".join({str(r[2]) for r in rows}))).fetchall()}
+        for k, (entry_id, original_id, message_id, endpoint_id, retry_count) in enumerate(rows, 1):
+            deliveries.append(ClaimedDelivery(
+                id=first + k, attempts=1, message=messages[message_id], endpoint_id=endpoint_id,
+                bulk_operation_id=operation_id, metadata={"__retry_metadata": {
+                    "original_delivery_id": original_id, "dead_letter_id": entry_id,
+                    "retry_count": retry_count + 1, "sandbox": False,
+                    "bulk_operation_id": operation_id}}))
+    lost = 0
+    if len(rows) < len(ids):  # else every entry is this claim's own
+        ours = {r[0] for r in conn.execute(_SQLITE_OURS.format(ids=listed),
+                                           (operation_id,)).fetchall()}
+        lost = len(set(ids) - ours)
+    late = min(late_before + lost, max(handed - claimed_before - len(rows), late_before))
+    conn.execute(_SQLITE_COUNT, (len(rows), late, operation_id))
+    return Claim(deliveries, late - late_before, open=True)

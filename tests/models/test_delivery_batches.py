@@ -253,3 +253,29 @@ async def test_record_resolves_the_entries_of_successful_retries_still_retrying(
     assert rows[entries[0].id].updated_at == finished[0]
     assert {d.status for d in await Delivery.filter(
         id__in=[d.id for b in batches for d in b])} == {DeliveryStatus.SUCCEEDED}
+
+
+async def test_a_record_inside_a_transaction_is_part_of_it(db):
+    """Inside a caller's transaction the record is that transaction's (SQLite: not one of its
+    own committed on the side): rolled back with it, nothing of it stays."""
+    from tortoise.transactions import in_transaction
+
+    deliveries = await _deliveries(2)
+    ids = [d.id for d in deliveries]
+    started = datetime.now(UTC) - timedelta(seconds=1)
+    await claim_deliveries(ids, "tok", None, started)
+    rows = [(i, 1, started, 5.0, 200, "success", None, None, "ok") for i in ids]
+
+    class Undo(Exception):
+        pass
+
+    try:
+        async with in_transaction():
+            await record_attempts(rows, {200: ids}, datetime.now(UTC))
+            assert await Attempt.filter(delivery_id__in=ids).count() == 2  # seen inside it
+            raise Undo
+    except Undo:
+        pass
+
+    assert await Attempt.filter(delivery_id__in=ids).count() == 0
+    assert {d.status for d in await Delivery.filter(id__in=ids)} == {DeliveryStatus.RUNNING}
