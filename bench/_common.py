@@ -23,7 +23,6 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -36,6 +35,7 @@ import httpx
 import psutil
 
 from bench.deliveries import _reset_postgres
+from bench.scratch import scratch_dir
 from dashboard.api import UVICORN_ARGV
 from jobs.embedded_redis import EmbeddedRedis, free_port
 
@@ -137,23 +137,23 @@ def stack(database_url: str, *, reset: bool = True, **env: str) -> Iterator[Stac
     """Redis, the receiver and a reset database (`reset=False`: as it is, to reuse an earlier
     run's rows); the process environment points at them (so this process's tortoise and Redis
     clients use them too)."""
-    tmp = Path(tempfile.mkdtemp(prefix="observatory-bench-"))
-    redis = EmbeddedRedis(tmp / "redis").start()
-    port = free_port()
-    url = database_url or f"sqlite://{tmp / 'bench.db'}"
-    os.environ.update({"DATABASE_URL": url, "REDIS_URL": redis.url + "/0",
-                       "OBSERVATORY_DATA_DIR": str(tmp),
-                       "OBSERVATORY_NAMESPACE": f"bench-{os.getpid()}",
-                       "OBSERVATORY_DESTINATION_ALLOWLIST": "127.0.0.0/8", **env})
-    st = Stack(url, tmp, redis, port, os.environ.copy())
-    st.start("receiver", [sys.executable, "-m", "bench.receiver", "--port", str(port)])
-    try:
-        if st.is_postgres and reset:
-            asyncio.run(_reset_postgres(url))
-        yield st
-    finally:
-        st.stop()
-        redis.stop()
+    with scratch_dir("observatory-bench-") as tmp:
+        redis = EmbeddedRedis(tmp / "redis").start()
+        port = free_port()
+        url = database_url or f"sqlite://{tmp / 'bench.db'}"
+        os.environ.update({"DATABASE_URL": url, "REDIS_URL": redis.url + "/0",
+                           "OBSERVATORY_DATA_DIR": str(tmp),
+                           "OBSERVATORY_NAMESPACE": f"bench-{os.getpid()}",
+                           "OBSERVATORY_DESTINATION_ALLOWLIST": "127.0.0.0/8", **env})
+        st = Stack(url, tmp, redis, port, os.environ.copy())
+        st.start("receiver", [sys.executable, "-m", "bench.receiver", "--port", str(port)])
+        try:
+            if st.is_postgres and reset:
+                asyncio.run(_reset_postgres(url))
+            yield st
+        finally:
+            st.stop()
+            redis.stop()
 
 
 #: indexes the models declare (or need) that the migrations do not create; `--proposed-indexes`

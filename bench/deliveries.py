@@ -23,13 +23,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
 import psutil
 
+from bench.scratch import scratch_dir
 from jobs.embedded_redis import EmbeddedRedis, free_port
 
 PAYLOAD = {"blob": "x" * 900, "kind": "bench"}  # ~1 KB JSON body with the envelope
@@ -359,29 +359,29 @@ def main() -> None:
                         help="the receiver runs aiohttp's web server (default: bench.receiver's"
                              " bare httptools server, which takes less of the machine)")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="observatory-bench-"))
-    redis = EmbeddedRedis(tmp / "redis").start()
-    port = free_port()
-    sink = subprocess.Popen([sys.executable, "-m", "bench.receiver", "--port", str(port),
-                             *(["--aiohttp"] if args.aiohttp_receiver else [])])
-    global RECEIVER
-    RECEIVER = psutil.Process(sink.pid)
-    os.environ.update(_env(args, tmp, redis.url + "/0"))
-    try:
-        if args.database_url.startswith("postgres"):
-            asyncio.run(_reset_postgres(args.database_url))
-        time.sleep(0.5)
-        from jobs.run_worker import use_uvloop
+    with scratch_dir("observatory-bench-") as tmp:
+        redis = EmbeddedRedis(tmp / "redis").start()
+        port = free_port()
+        sink = subprocess.Popen([sys.executable, "-m", "bench.receiver", "--port", str(port),
+                                 *(["--aiohttp"] if args.aiohttp_receiver else [])])
+        global RECEIVER
+        RECEIVER = psutil.Process(sink.pid)
+        os.environ.update(_env(args, tmp, redis.url + "/0"))
+        try:
+            if args.database_url.startswith("postgres"):
+                asyncio.run(_reset_postgres(args.database_url))
+            time.sleep(0.5)
+            from jobs.run_worker import use_uvloop
 
-        # the raw loops run on the workers' event loop: the same client, transport and loop
-        print(f"event loop (workers and raw loops): {'uvloop' if use_uvloop() else 'asyncio'}")
-        print("receiver: " + ("aiohttp's web server" if args.aiohttp_receiver
-                              else "bench.receiver's bare HTTP/1.1 server (httptools, uvloop)"))
-        asyncio.run(run(args, f"http://127.0.0.1:{port}"))
-    finally:
-        sink.terminate()
-        sink.wait(10)
-        redis.stop()
+            # the raw loops run on the workers' event loop: the same client, transport and loop
+            print(f"event loop (workers and raw loops): {'uvloop' if use_uvloop() else 'asyncio'}")
+            print("receiver: " + ("aiohttp's web server" if args.aiohttp_receiver
+                                  else "bench.receiver's bare HTTP/1.1 server (httptools, uvloop)"))
+            asyncio.run(run(args, f"http://127.0.0.1:{port}"))
+        finally:
+            sink.terminate()
+            sink.wait(10)
+            redis.stop()
 
 
 async def _reset_postgres(url: str) -> None:

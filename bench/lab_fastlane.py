@@ -14,11 +14,10 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from bench.deliveries import _Poster, _publish, _raw_loop, _reset_postgres, _setup, _env
+from bench.scratch import scratch_dir
 from jobs.embedded_redis import EmbeddedRedis, free_port
 
 
@@ -79,20 +78,20 @@ def main() -> None:
     p.add_argument("--database-url", required=True)
     p.add_argument("--engine-only", action="store_true", help="skip the raw loop")
     args = p.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="observatory-lab-"))
-    redis = EmbeddedRedis(tmp / "redis").start()
-    port = free_port()
-    sink = subprocess.Popen([sys.executable, "-m", "bench.receiver", "--port", str(port)])
-    os.environ.update(_env(args, tmp, redis.url + "/0"))
-    try:
-        asyncio.run(_reset_postgres(args.database_url))
-        time.sleep(0.5)
-        from jobs.run_worker import use_uvloop
+    with scratch_dir("observatory-lab-") as tmp:
+        redis = EmbeddedRedis(tmp / "redis").start()
+        port = free_port()
+        sink = subprocess.Popen([sys.executable, "-m", "bench.receiver", "--port", str(port)])
+        os.environ.update(_env(args, tmp, redis.url + "/0"))
+        try:
+            asyncio.run(_reset_postgres(args.database_url))
+            time.sleep(0.5)
+            from jobs.run_worker import use_uvloop
 
-        use_uvloop()  # as the workers run
-        asyncio.run(run(args, f"http://127.0.0.1:{port}"))
-    finally:
-        sink.terminate(); sink.wait(10); redis.stop()
+            use_uvloop()  # as the workers run
+            asyncio.run(run(args, f"http://127.0.0.1:{port}"))
+        finally:
+            sink.terminate(); sink.wait(10); redis.stop()
 
 
 if __name__ == "__main__":

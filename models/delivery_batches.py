@@ -105,10 +105,11 @@ def _transaction(work: Callable[[sqlite3.Connection], T], conn: sqlite3.Connecti
     conn.execute("BEGIN IMMEDIATE")  # the write lock now: a writer elsewhere commits first
     try:
         result = work(conn)
-    except BaseException:
-        conn.execute("ROLLBACK")
+        conn.execute("COMMIT")
+    except BaseException:  # a failed COMMIT too: the connection is left with no transaction
+        if conn.in_transaction:  # (SQLite ends it itself on some errors, e.g. a full disk)
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
     return result
 
 
