@@ -348,7 +348,11 @@ async def record_attempts(rows: Sequence[AttemptRow], succeeded: dict[int | None
     are the batch's record as a whole or not at all)."""
     db = _db()
     if not _postgres(db):  # one transaction, one hop to aiosqlite's thread
-        await sqlite_transaction(partial(_sqlite_record, rows, succeeded, now, resolved))
+        updates = [_succeeded_sql(db, ids, code, now) for code, ids in succeeded.items()]
+        if resolved:
+            updates.append(_resolve_sql(db, resolved, now))
+        await sqlite_transaction(partial(_sqlite_record, _insert_attempts_sql(db), rows,
+                                         updates))
         return
     if isinstance(db, TransactionalDBClient):
         await insert_attempts(rows)
@@ -387,58 +391,54 @@ async def _pg_record(db: BaseDBAsyncClient, records: list[_Record]) -> None:
     await pg_fetch(db, f"WITH {ctes} {_PG_SUCCEEDED}", *args)
 
 
-async def resolve_entries(ids: Sequence[int], now: datetime) -> None:
-    """DLQ entries re-delivered by a successful retry: `retrying` → `resolved`."""
-    if not ids:
-        return
-    db = _db()
+def _resolve_sql(db: BaseDBAsyncClient, ids: Sequence[int], now: datetime
+                 ) -> tuple[str, list[Any]]:
     head = _marks(db, 3)
     where, id_values = _ids_clause(db, ids, 4)
-    await db.execute_query(
-        f"UPDATE dead_letter SET status = {head[0]}, resolved_at = {head[1]},"
-        f" updated_at = {head[1]} WHERE status = {head[2]} AND id {where}",
-        [DeadLetterStatus.RESOLVED.value, now, DeadLetterStatus.RETRYING.value, *id_values])
+    return (f"UPDATE dead_letter SET status = {head[0]}, resolved_at = {head[1]},"
+            f" updated_at = {head[1]} WHERE status = {head[2]} AND id {where}",
+            [DeadLetterStatus.RESOLVED.value, now, DeadLetterStatus.RETRYING.value, *id_values])
 
 
-_SQLITE_INSERT_ATTEMPTS = (f"INSERT INTO attempt ({', '.join(_ATTEMPT_COLUMNS)})"
-                           f" VALUES ({', '.join('?' * len(_ATTEMPT_COLUMNS))})")
+def _succeeded_sql(db: BaseDBAsyncClient, ids: Sequence[int], status_code: int | None,
+                   now: datetime) -> tuple[str, list[Any]]:
+    head = _marks(db, 3)
+    where, id_values = _ids_clause(db, ids, 4)
+    return (f"UPDATE delivery SET status = {head[0]}, finished_at = {head[1]},"
+            f" updated_at = {head[1]}, last_error = NULL, last_status_code = {head[2]}"
+            f" WHERE id {where}", [DeliveryStatus.SUCCEEDED.value, now, status_code, *id_values])
 
 
-def _sqlite_record(rows: Sequence[AttemptRow], succeeded: dict[int | None, list[int]],
-                   now: datetime, resolved: Sequence[int], conn: sqlite3.Connection) -> None:
-    """`record_attempts` on SQLite, in aiosqlite's thread (see `sqlite_transaction`). Ids are
-    the batch's own integers, written into the statements."""
+def _insert_attempts_sql(db: BaseDBAsyncClient) -> str:
+    return (f"INSERT INTO attempt ({', '.join(_ATTEMPT_COLUMNS)})"
+            f" VALUES ({', '.join(_marks(db, len(_ATTEMPT_COLUMNS)))})")
+
+
+async def resolve_entries(ids: Sequence[int], now: datetime) -> None:
+    """DLQ entries re-delivered by a successful retry: `retrying` → `resolved`."""
+    if ids:
+        db = _db()
+        await db.execute_query(*_resolve_sql(db, ids, now))
+
+
+def _sqlite_record(insert_sql: str, rows: Sequence[AttemptRow],
+                   updates: list[tuple[str, list[Any]]], conn: sqlite3.Connection) -> None:
+    """`record_attempts` on SQLite, in aiosqlite's thread (see `sqlite_transaction`): the
+    Attempt rows, then the successes' and resolved entries' UPDATEs."""
     if rows:
-        conn.executemany(_SQLITE_INSERT_ATTEMPTS, rows)
-    for code, ids in succeeded.items():
-        conn.execute(
-            "UPDATE delivery SET status = ?1, finished_at = ?2, updated_at = ?2,"
-            " last_error = NULL, last_status_code = ?3"
-            f" WHERE id IN ({', '.join(str(int(i)) for i in ids)})",
-            (DeliveryStatus.SUCCEEDED.value, now, code))
-    if resolved:
-        conn.execute(
-            "UPDATE dead_letter SET status = ?1, resolved_at = ?2, updated_at = ?2"
-            f" WHERE status = ?3 AND id IN ({', '.join(str(int(i)) for i in resolved)})",
-            (DeadLetterStatus.RESOLVED.value, now, DeadLetterStatus.RETRYING.value))
+        conn.executemany(insert_sql, rows)
+    for sql, params in updates:
+        conn.execute(sql, params)
 
 
 async def insert_attempts(rows: Sequence[AttemptRow]) -> None:
     """Write a batch of Attempt rows in one round trip."""
-    if not rows:
-        return
-    db = _db()
-    marks = ", ".join(_marks(db, len(_ATTEMPT_COLUMNS)))
-    await db.execute_many(
-        f"INSERT INTO attempt ({', '.join(_ATTEMPT_COLUMNS)}) VALUES ({marks})", list(rows))
+    if rows:
+        db = _db()
+        await db.execute_many(_insert_attempts_sql(db), list(rows))
 
 
 async def mark_succeeded(ids: Sequence[int], status_code: int | None, now: datetime) -> None:
     """Deliveries whose attempt succeeded (all with the same status code): `succeeded`."""
     db = _db()
-    head = _marks(db, 3)
-    where, id_values = _ids_clause(db, ids, 4)
-    await db.execute_query(
-        f"UPDATE delivery SET status = {head[0]}, finished_at = {head[1]}, updated_at = {head[1]},"
-        f" last_error = NULL, last_status_code = {head[2]} WHERE id {where}",
-        [DeliveryStatus.SUCCEEDED.value, now, status_code, *id_values])
+    await db.execute_query(*_succeeded_sql(db, ids, status_code, now))
