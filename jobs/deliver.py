@@ -388,10 +388,11 @@ async def _admitted(ctx: dict[str, Any], ids: list[int], operation_id: int | Non
 
 
 def _claim_limit(max_in_flight: int | None) -> int:
-    """Deliveries of an endpoint a worker may hold claimed: its in-flight cap (the default
-    until the endpoint is known), and `CLAIM_AHEAD_BATCHES` batches waiting for a slot."""
+    """Deliveries of an endpoint a bulk-lane worker may hold claimed: its in-flight cap (the
+    default until the endpoint is known), and `CLAIM_AHEAD_BATCHES` bulk-lane jobs waiting for
+    a slot."""
     return ((max_in_flight or DEFAULT_MAX_IN_FLIGHT)
-            + CLAIM_AHEAD_BATCHES * get_settings().batch_size)
+            + CLAIM_AHEAD_BATCHES * get_settings().bulk_batch_size)
 
 
 def _claim_gate(ctx: dict[str, Any], endpoint_id: int) -> ClaimGate:

@@ -59,6 +59,10 @@ class Settings:
     # deliveries per fast-lane job: bigger batches spend less of arq's per-job cost
     batch_size: int = field(
         default_factory=lambda: _int_env("OBSERVATORY_BATCH_SIZE", 50, 1, 1000))
+    # DLQ entries (or deliveries) per bulk-lane job, unpaced: each job costs the bulk worker a
+    # few round trips to the database whatever its size (see jobs.operations.bulk_walk)
+    bulk_batch_size: int = field(
+        default_factory=lambda: _int_env("OBSERVATORY_BULK_BATCH_SIZE", 200, 1, 1000))
 
     @property
     def resolved_database_url(self) -> str:

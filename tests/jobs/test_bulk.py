@@ -87,7 +87,8 @@ async def test_retry_all_resolves_every_entry_and_the_figures_reconcile(db, redi
 
 
 async def test_progress_and_events_are_once_per_batch_not_per_delivery(db, redis, receiver,
-                                                                       run_bulk):
+                                                                       run_bulk, monkeypatch):
+    monkeypatch.setenv("OBSERVATORY_BULK_BATCH_SIZE", "50")
     endpoint, entries = await _entries(receiver, 120)
     events: list[dict] = []
     pubsub = redis.pubsub()
@@ -415,10 +416,12 @@ async def test_reason_can_be_made_mandatory(db, redis, receiver, monkeypatch):
 
 
 async def test_a_bulk_worker_claims_only_a_few_batches_beyond_its_endpoints_cap(
-        db, redis, receiver, run_bulk):
+        db, redis, receiver, run_bulk, monkeypatch):
     # 300 entries, six jobs of 50 at once, an endpoint taking one at a time: the worker holds
     # its cap and two batches claimed, the rest wait unclaimed
     from jobs import deliver
+
+    monkeypatch.setenv("OBSERVATORY_BULK_BATCH_SIZE", "50")
 
     receiver.script("/ok", Reply(delay_s=0.005))
     await _entries(receiver, 300, max_in_flight=1)
@@ -430,7 +433,7 @@ async def test_a_bulk_worker_claims_only_a_few_batches_beyond_its_endpoints_cap(
         await asyncio.sleep(0.01)
     await worker
 
-    batch = get_settings().batch_size
+    batch = get_settings().bulk_batch_size
     limit = 1 + deliver.CLAIM_AHEAD_BATCHES * batch
     # the gate counts a delivery until its attempt ends; the row stays `running` until its
     # batch is recorded, so one more batch may show (300 when every job claimed at once)
@@ -561,10 +564,12 @@ async def test_deliveries_waiting_for_their_endpoints_slot_do_not_start_after_a_
 
 
 async def test_a_retry_all_whose_jobs_redis_lost_is_recovered_and_finishes(db, redis, receiver,
-                                                                         run_bulk):
+                                                                         run_bulk, monkeypatch):
     from jobs import deliver
     from jobs.cron import reconcile_deliveries
     from jobs.http import make_client
+
+    monkeypatch.setenv("OBSERVATORY_BULK_BATCH_SIZE", "50")  # one job of three runs
 
     _, entries = await _entries(receiver, 120)
     started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from datetime import UTC, datetime
 
@@ -15,7 +14,7 @@ import pytest
 
 from jobs.operations import bulk, bulk_walk
 from jobs.operations.bulk_claim import claim_entries
-from jobs.queue import BATCH_SIZE, bulk_queue_name
+from jobs.queue import bulk_queue_name
 from models.bulk import BulkOperation
 from models.config import get_settings
 from models.dead_letters import DeadLetter
@@ -63,12 +62,15 @@ def _adds_up(op: BulkOperation) -> None:
     assert op.completed + op.cancelled_count + op.skipped == op.total
 
 
-async def test_one_step_hands_out_its_entries_without_writing_them(db, redis, receiver):
+async def test_one_step_hands_out_its_entries_without_writing_them(db, redis, receiver,
+                                                                  monkeypatch):
+    monkeypatch.setenv("OBSERVATORY_BULK_BATCH_SIZE", "300")
+    monkeypatch.setenv("OBSERVATORY_BULK_RATE_PER_ENDPOINT", "0")
     endpoint = await make_endpoint(receiver.url("/ok"))
     ids = await _many(endpoint, bulk_walk.WALK_BATCH + 30)
     started = await bulk.start_retry_all(DlqFilter(), "alice", redis=redis)
     op = await BulkOperation.get(id=started["operation_id"])
-    walk = bulk_walk._Walk(op, bulk_walk._Pacer(0), time.monotonic() + 60)
+    walk = bulk_walk._Walk(op, bulk_walk._Pacer.from_settings(), time.monotonic() + 60)
 
     assert await bulk_walk._retry_batch(redis, walk, {}, bulk_walk.WALK_BATCH)
 
@@ -78,13 +80,26 @@ async def test_one_step_hands_out_its_entries_without_writing_them(db, redis, re
     assert set(await DeadLetter.filter(id__in=ids).values_list("status", "retry_count")) == {
         (DeadLetterStatus.ACTIVE, 0)}  # the jobs claim them
     assert await Delivery.filter(bulk_operation_id=op.id).count() == 0
-    # the bulk lane got every entry once, in jobs of BATCH_SIZE, and the hash the figures
+    # the bulk lane got every entry once, in jobs of OBSERVATORY_BULK_BATCH_SIZE, and the
+    # hash the figures
     queued = await _queued(redis)
     assert sorted(e for batch, _ in queued for e in batch) == ids[:bulk_walk.WALK_BATCH]
-    assert len(queued) == math.ceil(bulk_walk.WALK_BATCH / BATCH_SIZE)
+    assert sorted(len(batch) for batch, _ in queued) == sorted(
+        [300] * (bulk_walk.WALK_BATCH // 300) + [bulk_walk.WALK_BATCH % 300])
     assert {op_id for _, op_id in queued} == {op.id}
     live = await redis.hgetall(bulk.progress_key(op.id))
     assert (int(live[b"handed"]), int(live[b"skipped"])) == (bulk_walk.WALK_BATCH, 0)
+
+
+def test_a_mistyped_bulk_batch_size_is_refused_with_the_rule(monkeypatch):
+    from models.config import get_settings
+
+    assert get_settings().bulk_batch_size == 200  # the default
+    for bad in ("0", "1001", "two hundred"):
+        monkeypatch.setenv("OBSERVATORY_BULK_BATCH_SIZE", bad)
+        with pytest.raises(ValueError, match="OBSERVATORY_BULK_BATCH_SIZE: must be a whole "
+                                             "number from 1 to 1000"):
+            get_settings()
 
 
 async def test_a_jobs_claim_creates_running_deliveries_and_links_its_entries(db, redis,
