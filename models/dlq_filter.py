@@ -27,6 +27,12 @@ DEFAULT_STATUSES = (DeadLetterStatus.ACTIVE, DeadLetterStatus.RETRYING)
 #: the planner's cost of a page read out of order, for the DLQ reads that set it (PostgreSQL's
 #: own advice for data in memory or on SSD; the server's default of 4 assumes spinning disks)
 RANDOM_PAGE_COST = 1.1
+#: on SQLite, a `q` that the trigram index (migration 0015) finds in at most this many entries
+#: is read by id (bench.dlq_queries, 1,000,000 entries, a term no entry has: p95 0.8 ms, not
+#: 820–960 ms); one found in more is read in id order and matched as it goes, as before (a
+#: term that common fills a page from the newest entries). Looking up more costs more for
+#: every common term: with 5,000, `endpoint_id` + `q=timeout` took p95 60–75 ms, not 12 ms
+SEARCH_HINT_MAX = 1000
 
 
 class DlqFilter(BaseModel):
@@ -113,6 +119,27 @@ def _search(q: str) -> Q:
                 | Q(search__last_error__icontains=q))
     return (Q(failure_reason__icontains=q) | Q(endpoint_url__icontains=q)
             | Q(last_error__icontains=q))
+
+
+async def search_hint(f: DlqFilter, conn: BaseDBAsyncClient | None = None) -> list[int] | None:
+    """On SQLite, the ids of the entries whose searched text may contain `f.q`, from the trigram
+    index (migration 0015), when there are at most SEARCH_HINT_MAX: a page is then read among
+    those, still matched by `select` (the index only narrows: it folds case beyond ASCII, and
+    keeps deleted entries). None — no narrowing — without `q`, on PostgreSQL (its trigram
+    indexes serve `select` itself), for a `q` the index cannot look up (shorter than three
+    characters, or with a LIKE wildcard or escape, which `select` matches as tortoise does),
+    or when more entries match."""
+    client = conn or connections.get("default")
+    q = f.q
+    if not q or client.capabilities.dialect != "sqlite" or len(q) < 3 or set(q) & set("%_\\"):
+        return None
+    phrase = '"' + q.replace('"', '""') + '"'  # an FTS5 string: the text as it is
+    _, rows = await client.execute_query(
+        "SELECT rowid FROM dead_letter_fts WHERE dead_letter_fts MATCH ? LIMIT ?",
+        [phrase, SEARCH_HINT_MAX + 1])
+    if len(rows) > SEARCH_HINT_MAX:
+        return None
+    return [row[0] for row in rows]
 
 
 @asynccontextmanager

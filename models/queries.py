@@ -11,7 +11,7 @@ from models.audit import AuditLog
 from models.cron import CronJob, CronRun
 from models.dead_letters import DeadLetter
 from models.deliveries import Attempt, Delivery
-from models.dlq_filter import DlqFilter, reading, select
+from models.dlq_filter import DlqFilter, reading, search_hint, select
 from models.enums import AgentStatus, CronRunStatus, DeadLetterStatus
 
 PREVIEW_CHARS = 120
@@ -148,6 +148,10 @@ async def dead_letter_page(f: DlqFilter, *, limit: int = 50,
     if cursor is not None:
         query = query.filter(id__lt=cursor)
     async with reading(f) as conn:
+        if (hint := await search_hint(f, conn)) is not None:
+            if not hint:
+                return DeadLetterPage(entries=[], next_cursor=None)
+            query = query.filter(id__in=hint)
         entries = await query.order_by("-id").limit(limit + 1).select_related(
             "message").using_db(conn)
     rows = [dead_letter_row(e) for e in entries[:limit]]

@@ -258,3 +258,37 @@ async def test_0012_keeps_every_entry_searchable(upgrade):
                 "SELECT indexname FROM pg_indexes WHERE tablename = 'dead_letter' "
                 "AND schemaname = current_schema()")
             assert not [r for r in indexes if r["indexname"].endswith("_trgm")]
+
+
+# --- 0015: SQLite's trigram index of what `q` searches ------------------------------------------
+
+async def test_0015_indexes_the_entries_written_before_it(upgrade):
+    """On SQLite the entries written before 0015 are in its index (a search finds them through
+    it), and so are those written after; PostgreSQL is left as it was."""
+    async with upgrade("0008_indexes"):  # a first step stops before 0009 (see `upgrade`)
+        pass
+    async with upgrade("0014_bulk_claimed_by_jobs"):
+        from tests.factories import make_dead_letter, make_endpoint
+
+        endpoint = await make_endpoint("http://127.0.0.1:9/before-0015")
+        before = [(await make_dead_letter(endpoint, last_error=f"error {i} before 0015")).id
+                  for i in range(3)]
+
+    async with upgrade() as conn:
+        from models.dlq_filter import DlqFilter, search_hint
+        from models.queries import dead_letter_page
+        from tests.factories import make_dead_letter
+
+        after = (await make_dead_letter(endpoint, last_error="error after 0015")).id
+
+        async def listed(q: str) -> list[int]:
+            return sorted(e["id"] for e in (await dead_letter_page(DlqFilter(q=q)))["entries"])
+
+        assert await listed("before 0015") == before
+        assert await listed("error 1 before") == [before[1]]
+        assert await listed("before-0015") == [*before, after]
+        assert await listed("after 0015") == [after]
+        if conn.capabilities.dialect == "sqlite":
+            assert sorted(await search_hint(DlqFilter(q="before-0015")) or []) == [*before, after]
+        else:
+            assert await search_hint(DlqFilter(q="before-0015")) is None
