@@ -40,6 +40,7 @@ from jobs.queue import BATCH_SIZE, enqueue_bulk_batch, enqueue_delivery
 from models.cron import TRIGGER_SCHEDULE, CronJob, CronRun
 from models.dead_letters import DeadLetter
 from models.deliveries import Delivery
+from models.dlq_filter import prune_search_index
 from models.enums import CronRunStatus, DeadLetterStatus, DeliveryStatus
 
 CronFn = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -120,7 +121,8 @@ def retention_days(name: str = "DLQ_RETENTION_DAYS", default: float = 30.0) -> f
 
 async def purge_expired(ctx: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
     """Retention: delete archived/resolved DLQ entries unchanged for DLQ_RETENTION_DAYS (30),
-    in batches, with one audit row per run; and cron runs older than 7 days.
+    in batches, with one audit row per run; cron runs older than 7 days; and, on SQLite, the
+    search index rows of entries deleted since the last run (models.dlq_filter).
 
     The failed deliveries and their messages stay (they are the delivery log).
     """
@@ -139,7 +141,9 @@ async def purge_expired(ctx: dict[str, Any], now: datetime | None = None) -> dic
         await publish_event(ctx["redis"], "dlq.changed", id=None, status="purged")
     runs = await CronRun.filter(
         scheduled_at__lt=now - timedelta(days=CRON_RUN_RETENTION_DAYS)).delete()
-    return {"dlq_purged": purged, "cron_runs_pruned": runs}
+    # SQLite's search index keeps the entries deleted today (purged, deleted, bulk-deleted)
+    return {"dlq_purged": purged, "cron_runs_pruned": runs,
+            "search_index_pruned": await prune_search_index()}
 
 
 async def sweep_zombies(ctx: dict[str, Any]) -> Any:

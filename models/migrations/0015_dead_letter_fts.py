@@ -4,10 +4,11 @@ off every entry (bench.dlq_queries, 1,000,000 entries: `GET /v1/dlq?q=<a term no
 took 640–960 ms scanning them all). PostgreSQL has its trigram indexes (0012): nothing here.
 
 SQLite keeps it: a trigger indexes each entry inserted (however it is written) and re-indexes
-it when a searched column changes. Deleted entries are not removed from it: a trigger there
-would add the index's own writes to what tortoise reports as deleted (it reads SQLite's
-`total_changes`, see 0012), and a stale row is harmless — the index only narrows a search to
-the entries it names, which are then read and matched as before (models.dlq_filter).
+it when a searched column changes. Deleted entries leave it later, when the daily retention
+job prunes it (models.dlq_filter.prune_search_index), not by a trigger: that would add the
+index's own writes to what tortoise reports as deleted (it reads SQLite's `total_changes`, see
+0012). A stale row is harmless meanwhile: the index only narrows a search to the entries it
+names, which are then read and matched as before (models.dlq_filter).
 """
 
 from __future__ import annotations

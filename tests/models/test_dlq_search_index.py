@@ -112,3 +112,21 @@ async def test_the_index_follows_raw_inserts_changed_columns_and_deletes(db):
     assert await DeadLetter.filter(id=raw.id).delete() == 1
     assert await listed("raw sql") == []
     assert await listed("orders") == [template.id]
+
+
+async def test_the_retention_job_prunes_the_index_rows_of_deleted_entries(db, redis):
+    from jobs.cron import purge_expired
+    from models.dlq_filter import prune_search_index
+
+    a = await make_endpoint("http://127.0.0.1:9/orders")
+    kept = await make_dead_letter(a, last_error="kept entry")
+    gone = [(await make_dead_letter(a, last_error=f"gone entry {i}")).id for i in range(3)]
+    assert await DeadLetter.filter(id__in=gone).delete() == 3
+    if not _sqlite():
+        assert await prune_search_index() == 0
+        return
+    assert sorted(await search_hint(DlqFilter(q="gone entry")) or []) == gone  # stale rows
+    assert (await purge_expired({"redis": redis}))["search_index_pruned"] == 3
+    assert await search_hint(DlqFilter(q="gone entry")) == []
+    assert await search_hint(DlqFilter(q="kept entry")) == [kept.id]
+    assert await prune_search_index(step=1) == 0  # ranges of one id: nothing more
