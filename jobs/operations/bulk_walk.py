@@ -76,7 +76,7 @@ class _Pacer:
     later still while it asked to wait (Retry-After)."""
 
     rate: float
-    size: int = 200  # entries per bulk-lane job at most (OBSERVATORY_BULK_BATCH_SIZE)
+    size: int  # entries per bulk-lane job at most (OBSERVATORY_BULK_BATCH_SIZE)
     next_free: dict[int, float] = field(default_factory=dict)
 
     @classmethod
@@ -88,8 +88,7 @@ class _Pacer:
         """Entries per bulk-lane job: unpaced, `size` (each job costs the bulk worker a claim
         and a record on the database whatever its size: bench.bulk_retry, 100,000 entries,
         delivered 2,550/s in jobs of 50 and 3,500–4,400/s in jobs of 200 on SQLite, 3,200/s
-        and 4,000/s on PostgreSQL); paced,
-        about PACE_SLICE_S of the endpoint's rate."""
+        and 4,000/s on PostgreSQL); paced, about PACE_SLICE_S of the endpoint's rate."""
         if not self.rate:
             return self.size
         return max(1, min(self.size, math.ceil(self.rate * PACE_SLICE_S)))
@@ -207,8 +206,8 @@ async def _handed_out(redis: ArqRedis, walk: _Walk, handed: list[tuple[int, int]
                       flags: dict[str, str], skipped: int, function: str) -> None:
     """After a delivering batch committed (and `walk.op` holds its figures), in ONE Redis
     round trip: the figures to the hash (`skipped` is the batch's: the bulk lane's jobs add
-    theirs), the batch to the bulk lane as `function` jobs (paced per endpoint, `walk.pacer.chunk`
-    per job) and the progress event."""
+    theirs), the batch to the bulk lane as `function` jobs (paced per endpoint,
+    `walk.pacer.chunk` per job) and the progress event."""
     op, key = walk.op, progress_key(walk.op.id)
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(key, "handed", op.handed)
